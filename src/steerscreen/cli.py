@@ -1,0 +1,147 @@
+"""The ``steerscreen`` command line: one command per pipeline stage, plus ``run`` for a study.
+
+Every user error is a :class:`~steerscreen.errors.SteerscreenError`: printed as what was wrong and
+what to do, with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from steerscreen import __version__
+from steerscreen.errors import SteerscreenError
+
+app = typer.Typer(
+    name="steerscreen",
+    help="Predict which SAE features will steer cleanly, before steering them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _fail(err: SteerscreenError) -> None:
+    console.print(f"[bold red]error:[/] {err.what}")
+    if err.fix:
+        console.print(f"[bold]fix:[/] {err.fix}")
+    raise typer.Exit(err.exit_code)
+
+
+def _not_yet(stage: str, issue: int) -> None:
+    console.print(f"[bold yellow]{stage}[/] is not implemented yet (tracked in issue #{issue}); "
+                  "nothing was run or written.")
+    raise typer.Exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"steerscreen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Screen SAE features for clean steering: stats -> steer -> fit -> screen -> report."""
+
+
+@app.command("train-sae")
+def train_sae(
+    out: Annotated[Path, typer.Option(help="Folder for the SAE (SAELens format); with several "
+                                      "--arch values, one subfolder per SAE.")],
+    model: Annotated[str, typer.Option(help="Model spec: embedded:smollm2-135m, "
+                                       "embedded:gemma3-270m, hf:REPO, gguf:PATH or a folder.")]
+    = "embedded:smollm2-135m",
+    hook: Annotated[str, typer.Option(help="Hook point, e.g. blocks.12.hook_resid_post.")]
+    = "blocks.12.hook_resid_post",
+    arch: Annotated[str, typer.Option(help="topk, relu or jumprelu; a comma list trains several "
+                                      "on one activation pass.")] = "topk",
+    width: Annotated[int, typer.Option(help="Number of SAE features.")] = 4096,
+    k: Annotated[int, typer.Option(help="TopK: active features per token.")] = 32,
+    l1_coefficient: Annotated[float, typer.Option(help="ReLU: L1 penalty.")] = 4.0,
+    target_l0: Annotated[float, typer.Option(help="JumpReLU: target mean L0.")] = 40.0,
+    l0_coefficient: Annotated[float, typer.Option(help="JumpReLU: sparsity loss weight.")] = 1.0,
+    tokens: Annotated[int, typer.Option(help="Training tokens.")] = 200_000,
+    corpus: Annotated[str, typer.Option(help="Corpus spec: embedded, text:PATH, "
+                                        "jsonl:PATH[:FIELD], hf:DATASET[:CONFIG]:SPLIT[:FIELD].")]
+    = "embedded",
+    context_len: Annotated[int, typer.Option(help="Tokens per context (BOS included).")] = 128,
+    epochs: Annotated[int, typer.Option(help="Passes over the training tokens.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Training batch (tokens).")] = 1024,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed for splits, init and shuffling.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Model dtype: float32 or bfloat16.")] = "float32",
+) -> None:
+    """Train ReLU, JumpReLU or TopK SAEs on the model's activations (cached by config)."""
+    from steerscreen.saes.training import TrainConfig, config_variants, train_saes
+
+    try:
+        base = TrainConfig(model=model, hook=hook, width=width, k=k,
+                           l1_coefficient=l1_coefficient, target_l0=target_l0,
+                           l0_coefficient=l0_coefficient,
+                           tokens=tokens, corpus=corpus, context_len=context_len, epochs=epochs,
+                           batch_size=batch_size, lr=lr, seed=seed, device=device, dtype=dtype)
+        archs = [a.strip() for a in arch.split(",") if a.strip()]
+        summaries = train_saes(config_variants(base, archs), out=out,
+                               log=lambda m: console.print(f"[dim]{m}[/]"))
+    except SteerscreenError as e:
+        _fail(e)
+    table = Table(title="held-out evaluation")
+    for col in ("arch", "width", "hook", "explained var.", "mean L0", "dead", "train s", "SAE"):
+        table.add_column(col)
+    for s in summaries:
+        c = s.config
+        table.add_row(c["arch"], str(c["width"]), c["hook"], f"{s.explained_variance:.3f}",
+                      f"{s.mean_l0:.1f}", f"{s.dead_fraction:.1%}",
+                      "cached" if s.cached else f"{s.train_seconds:.0f}", s.sae_path)
+    Console().print(table)
+
+
+@app.command()
+def stats() -> None:
+    """Pre-intervention statistics for every feature (METHOD §1)."""
+    _not_yet("stats", 3)
+
+
+@app.command()
+def steer() -> None:
+    """Steer a sample of features and measure outcomes (METHOD §2-3)."""
+    _not_yet("steer", 4)
+
+
+@app.command()
+def fit() -> None:
+    """Fit and validate predictors against the baselines (METHOD §4)."""
+    _not_yet("fit", 5)
+
+
+@app.command()
+def screen() -> None:
+    """Rank every feature of an SAE by predicted cleanliness, with no steering."""
+    _not_yet("screen", 5)
+
+
+@app.command()
+def report() -> None:
+    """Write the self-contained HTML report of a run or study."""
+    _not_yet("report", 6)
+
+
+@app.command()
+def run() -> None:
+    """Run a whole study (train SAEs, stats, steer, fit, compare, report)."""
+    _not_yet("run", 6)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,517 @@
+"""Loading and saving SAELens SAEs, and using them on raw residuals: SAELens <-> steerscreen.
+
+SAEs *are* SAELens v6 objects (``sae_lens.SAE`` subclasses). SAELens owns the formats, the
+pretrained-release registry and the forward maths (including ``normalize_activations`` such as
+the OpenAI ``layer_norm`` input and Gemma Scope's ``apply_b_dec_to_input=False``); this module
+only adds what steerscreen needs around it:
+
+- one spec string per SAE (``PATH`` / ``local:PATH``, ``saelens:RELEASE/SAE_ID``,
+  ``hf:OWNER/REPO[/SUBFOLDER]``), with actionable errors instead of tracebacks for missing,
+  truncated, corrupt or non-finite files and for a hub that cannot be reached;
+- atomic saving in a folder that SAELens classifies as v6;
+- :class:`SAEInput`, the input conventions SAELens does not apply itself (a TransformerLens
+  mean-centred residual; BOS), so that the raw Hugging Face residuals steerscreen reads are fed
+  to an SAE the way it was trained (:func:`encode`, :func:`decoder_directions`).
+
+Checking an SAE against a model and hook is ``steerscreen.saes.pairing``'s job.
+
+See ``shared/reference/sae_formats_and_hooks.md`` for the formats and release quirks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from steerscreen.errors import ArtifactError, OfflineError, SpecError
+from steerscreen.files import atomic_dir, sha256_file
+from steerscreen.hub import hub_offline, is_network_error, offline_mode
+
+if TYPE_CHECKING:  # sae_lens takes ~10 s to import; keep `import steerscreen.saes` cheap
+    from sae_lens import SAE
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+SPARSITY_FILENAME = "sparsity.safetensors"
+SCHEMES = ("local", "saelens", "hf")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+
+# Releases trained on TransformerLens's mean-centred residual (center_writing_weights=True) whose
+# hub cfg may not say so (a v6 cfg drops the yaml override outside `metadata`).
+_CENTRED_RELEASE_PREFIXES = ("gpt2-small-res-jb",)
+# Tensors whose leading/trailing axis is the feature axis, for "first bad feature" messages.
+_FEATURE_AXIS = {"W_enc": 1, "W_dec": 0, "b_enc": 0, "threshold": 0}
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):(.*)$", re.S)  # 2+ chars: not "C:\"
+
+
+# --------------------------------------------------------------------------------------------
+# Data types
+
+
+@dataclass(frozen=True)
+class SAEInput:
+    """How a raw Hugging Face residual must be prepared before ``sae.encode``.
+
+    ``centre``: subtract the per-token mean over the model dimension first. SAEs trained on
+    TransformerLens with ``center_writing_weights=True`` (``gpt2-small-res-jb``) saw a
+    mean-centred residual; the HF residual differs from it by exactly that mean (TL centres
+    every matrix that writes to the residual), so centring reproduces their input.
+    ``prepend_bos``: whether the SAE was trained on contexts that start with BOS
+    (``metadata.prepend_bos``, default True; the OpenAI GPT-2 SAEs say False).
+    """
+
+    centre: bool = False
+    prepend_bos: bool = True
+
+
+@dataclass
+class LoadedSAE:
+    """A SAELens SAE (eval mode, frozen) plus what steerscreen needs to know about it."""
+
+    sae: SAE[Any]
+    spec: str
+    path: Path | None  # local folder it was read from; None for a `saelens:` release
+    hook_name: str | None  # metadata.hook_name (TransformerLens name), if the SAE says
+    model_name: str | None  # metadata.model_name (or the release's model), if known
+    input: SAEInput
+    # sha256 of sae_weights.safetensors when read from a folder; for `saelens:` releases (whose
+    # files may be converted from other formats) the sha256 of the loaded tensors, see
+    # `_sha256_tensors`.
+    sha256: str
+    architecture: str
+
+    @property
+    def d_in(self) -> int:
+        return int(self.sae.cfg.d_in)
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_sae(spec: str, device: str = "cpu", dtype: str = "float32") -> LoadedSAE:
+    """Load an SAE from a spec: ``PATH`` | ``local:PATH`` | ``saelens:RELEASE/SAE_ID`` |
+    ``hf:OWNER/REPO[/SUBFOLDER]`` (the last two need the hub unless already cached).
+
+    Raises SpecError (bad spec), OfflineError (hub needed but unreachable), ArtifactError
+    (missing, corrupt or non-finite files).
+    """
+    spec = spec.strip()
+    if dtype.removeprefix("torch.") not in DTYPES:
+        raise SpecError(f"unsupported SAE dtype {dtype!r}", f"use one of {', '.join(DTYPES)}")
+    dtype = dtype.removeprefix("torch.")
+    scheme, rest = _split_scheme(spec)
+    if scheme is None or scheme == "local":
+        return _load_folder(_resolve_local(rest, spec), spec, device, dtype, releases=())
+    if scheme == "saelens":
+        return _load_release(rest, spec, device, dtype)
+    if scheme == "hf":
+        folder, repo = _download_hf(rest, spec)
+        from sae_lens.loading.pretrained_saes_directory import get_releases_for_repo_id
+
+        return _load_folder(folder, spec, device, dtype, releases=get_releases_for_repo_id(repo))
+    raise SpecError(
+        f"SAE spec {spec!r} uses the unknown scheme {scheme!r}",
+        "write a local SAELens folder (PATH or local:PATH), saelens:RELEASE/SAE_ID (e.g. "
+        "saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre) or hf:OWNER/REPO[/SUBFOLDER]",
+    )
+
+
+def _split_scheme(spec: str) -> tuple[str | None, str]:
+    m = _SCHEME_RE.match(spec)
+    if m is None:
+        return None, spec
+    return m.group(1).lower(), m.group(2)
+
+
+def _resolve_local(rest: str, spec: str) -> Path:
+    path = Path(rest).expanduser()
+    if path.is_file() and path.name in (CFG_FILENAME, WEIGHTS_FILENAME):
+        path = path.parent  # pointing at one of the SAE's files means its folder
+    if not path.exists():
+        hint = ""
+        head = rest.split("/", 1)[0]
+        if "/" in rest and head and _known_release(head):
+            hint = f" ({head!r} is a SAELens release: did you mean saelens:{rest}?)"
+        raise ArtifactError(
+            f"SAE folder {str(path)!r} (from spec {spec!r}) does not exist{hint}",
+            "pass a folder holding cfg.json and sae_weights.safetensors, "
+            "saelens:RELEASE/SAE_ID or hf:OWNER/REPO[/SUBFOLDER]",
+        )
+    if not path.is_dir():
+        raise ArtifactError(
+            f"SAE spec {spec!r} names the file {str(path)!r}, not an SAE folder",
+            "pass the folder that holds cfg.json and sae_weights.safetensors",
+        )
+    return path
+
+
+def _known_release(name: str) -> bool:
+    try:
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    except ImportError:  # pragma: no cover - sae_lens is a dependency
+        return False
+    return name in get_pretrained_saes_directory()
+
+
+def _load_folder(folder: Path, spec: str, device: str, dtype: str,
+                 releases: list[str] | tuple[str, ...]) -> LoadedSAE:
+    from sae_lens import SAE
+
+    cfg = _read_cfg(folder / CFG_FILENAME)
+    weights = folder / WEIGHTS_FILENAME
+    _check_weights_file(weights, cfg)
+    digest = sha256_file(weights)
+    try:
+        with _quiet_sae_lens():
+            sae = SAE.load_from_disk(folder, device=device, dtype=dtype)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        # What pre-validation did not catch (a cfg field of the wrong type, ...): still say
+        # which folder and why, never a bare SAELens/torch traceback.
+        raise ArtifactError(
+            f"SAELens could not build the SAE in {str(folder)!r}: {type(e).__name__}: {e}",
+            "check cfg.json against the weights (re-save or re-download the SAE)",
+        ) from e
+    _finish(sae, folder / WEIGHTS_FILENAME)
+    centre_from_release = any(r.startswith(_CENTRED_RELEASE_PREFIXES) for r in releases)
+    return _wrap(sae, spec, folder, digest, centre_extra=centre_from_release)
+
+
+@contextmanager
+def _quiet_sae_lens() -> Iterator[None]:
+    # SAELens warns on every load of a centred-residual SAE to load the model through
+    # TransformerLens with those kwargs; steerscreen applies that convention itself (SAEInput).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*model_from_pretrained_kwargs",
+                                category=UserWarning)
+        yield
+
+
+def _read_cfg(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ArtifactError(
+            f"SAE folder {str(path.parent)!r} has no {CFG_FILENAME}",
+            "an SAE folder needs cfg.json and sae_weights.safetensors (SAELens format); "
+            "re-save or re-download it",
+        )
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(
+            f"{str(path)!r} is not valid JSON ({e})",
+            "the file is corrupt or truncated: re-save or re-download the SAE",
+        ) from e
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{str(path)!r} holds a JSON {type(cfg).__name__}, not an object",
+                            "re-save or re-download the SAE")
+    missing = [k for k in ("d_in", "d_sae") if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise ArtifactError(f"{str(path)!r} lacks integer {' and '.join(missing)}",
+                            "this is not a SAELens cfg.json: re-save or re-download the SAE")
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    arch = cfg.get("architecture", "standard")  # pre-6 configs default to standard
+    if arch not in SAE_CLASS_REGISTRY:
+        raise ArtifactError(
+            f"{str(path)!r} names the unknown architecture {arch!r}",
+            f"SAELens knows {', '.join(sorted(SAE_CLASS_REGISTRY))}; upgrade sae-lens or fix "
+            "the file",
+        )
+    return cfg
+
+
+def _check_weights_file(path: Path, cfg: Mapping[str, Any]) -> None:
+    """Open the safetensors header (cheap) and check names and shapes against cfg.json."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise ArtifactError(f"SAE folder {str(path.parent)!r} has no {WEIGHTS_FILENAME}",
+                            "re-save or re-download the SAE (the weights file is missing)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(
+            f"{str(path)!r} is not a readable safetensors file ({e})",
+            "the file is truncated or corrupt: re-save or re-download the SAE",
+        ) from e
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "threshold": (d_sae,)}
+    if "d_out" not in cfg:  # an SAE (not a transcoder) decodes back to d_in
+        expected |= {"W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    arch = cfg.get("architecture", "standard")
+    arch_tensors = {"standard": ["b_enc"], "topk": ["b_enc"], "jumprelu": ["b_enc", "threshold"]}
+    required = ["W_enc", "W_dec", "b_dec", *arch_tensors.get(arch, [])]
+    absent = [k for k in required if k not in shapes]
+    if absent:
+        raise ArtifactError(
+            f"{str(path)!r} lacks the tensor(s) {', '.join(absent)} a {arch!r} SAE needs "
+            f"(it has {', '.join(sorted(shapes)) or 'none'})",
+            "re-save or re-download the SAE",
+        )
+    for k, shape in expected.items():
+        if k in shapes and shapes[k] != shape:
+            raise ArtifactError(
+                f"{str(path)!r}: tensor {k} has shape {list(shapes[k])}, but cfg.json "
+                f"(d_in={d_in}, d_sae={d_sae}) implies {list(shape)}",
+                "cfg.json and the weights do not belong together: re-save or re-download",
+            )
+
+
+def _check_finite(sae: SAE[Any], source: Path | str) -> None:
+    """Reject NaN/Inf weights up front: they would silently poison every statistic."""
+    for name, t in sae.state_dict().items():
+        if not torch.is_floating_point(t):
+            continue
+        bad = ~torch.isfinite(t)
+        n_bad = int(bad.sum())
+        if n_bad == 0:
+            continue
+        where = ""
+        axis = _FEATURE_AXIS.get(name)
+        if axis is not None and t.dim() > axis:
+            dims = [d for d in range(t.dim()) if d != axis]
+            per_feature = bad.any(dim=dims) if dims else bad
+            where = f"; first bad feature index {int(per_feature.nonzero()[0, 0])}"
+        n_nan = int(torch.isnan(t).sum())
+        raise ArtifactError(
+            f"SAE weights in {str(source)!r}: tensor {name} has {n_bad} non-finite value(s) "
+            f"({n_nan} NaN, {n_bad - n_nan} Inf) of {t.numel()}{where}",
+            "the SAE is broken (diverged training or a corrupt file): retrain or re-download",
+        )
+
+
+def _finish(sae: SAE[Any], source: Path | str) -> None:
+    _check_finite(sae, source)
+    sae.eval()
+    sae.requires_grad_(False)  # an analysis object: no autograd graphs on encode
+
+
+def _wrap(sae: SAE[Any], spec: str, folder: Path | None, digest: str, *, centre_extra: bool,
+          model_fallback: str | None = None) -> LoadedSAE:
+    meta = sae.cfg.metadata
+    kwargs = meta.get("model_from_pretrained_kwargs") or {}
+    centre = centre_extra or (isinstance(kwargs, Mapping)
+                              and kwargs.get("center_writing_weights") is True)
+    prepend_bos = meta.get("prepend_bos")
+    return LoadedSAE(
+        sae=sae, spec=spec, path=folder,
+        hook_name=meta.get("hook_name") or None,
+        model_name=meta.get("model_name") or model_fallback,
+        input=SAEInput(centre=bool(centre),
+                       prepend_bos=True if prepend_bos is None else bool(prepend_bos)),
+        sha256=digest, architecture=str(sae.cfg.architecture()),
+    )
+
+
+def _sha256_tensors(state: Mapping[str, torch.Tensor]) -> str:
+    """Hash of named tensors (name, dtype, shape, bytes in name order): stable across runs."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Hub specs
+
+
+def _hub_error(e: Exception, spec: str, offline: bool, where: str) -> Exception:
+    """Translate a hub failure into a steerscreen error (the caller raises it `from e`)."""
+    if is_network_error(e):
+        why = ("HF_HUB_OFFLINE is set and it is not in the local cache" if offline
+               else f"the hub could not be reached ({type(e).__name__})")
+        return OfflineError(
+            f"SAE spec {spec!r} needs the Hugging Face Hub ({where}), but {why}",
+            "download the SAE where the hub is reachable and pass its local folder (cfg.json + "
+            "sae_weights.safetensors; `save_sae` writes one from a loaded release), load it "
+            "once online so it is cached, or train one with `steerscreen train-sae`",
+        )
+    name = type(e).__name__
+    if name == "GatedRepoError":
+        return SpecError(f"SAE spec {spec!r}: {where} is gated on the hub",
+                         "accept its licence on huggingface.co and log in (HF_TOKEN)")
+    if name in ("RepositoryNotFoundError", "RevisionNotFoundError"):
+        return SpecError(f"SAE spec {spec!r}: {where} was not found on the hub",
+                         "check the repository name (private repos need HF_TOKEN)")
+    if name in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
+        return ArtifactError(f"SAE spec {spec!r}: a file is missing in {where} ({e})",
+                             "check the folder name; a SAELens SAE folder has cfg.json and "
+                             "sae_weights.safetensors")
+    return ArtifactError(f"SAE spec {spec!r}: loading {where} failed: {name}: {e}",
+                         "re-download the SAE (a cached file may be corrupt) or pass a local "
+                         "folder")
+
+
+def _load_release(rest: str, spec: str, device: str, dtype: str) -> LoadedSAE:
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    # SAE ids contain slashes (layer_12/width_16k/canonical); release names never do.
+    release, sep, sae_id = rest.strip().partition("/")
+    if not sep or not release or not sae_id:
+        raise SpecError(f"SAE spec {spec!r} is not saelens:RELEASE/SAE_ID",
+                        "e.g. saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre")
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        close = difflib.get_close_matches(release, list(directory), n=3)
+        raise SpecError(
+            f"SAE spec {spec!r}: {release!r} is not a SAELens release"
+            + (f" (close: {', '.join(close)})" if close else ""),
+            "see sae_lens/pretrained_saes.yaml for release names; for a hub repository in "
+            "SAELens format write hf:OWNER/REPO[/SUBFOLDER]",
+        )
+    lookup = directory[release]
+    if sae_id not in lookup.saes_map:
+        ids = list(lookup.saes_map)
+        close = difflib.get_close_matches(sae_id, ids, n=3) or ids[:5]
+        raise SpecError(f"SAE spec {spec!r}: release {release!r} has no SAE id {sae_id!r}",
+                        f"valid ids include {', '.join(close)} ({len(ids)} in all)")
+    offline = hub_offline()
+    try:
+        with offline_mode(offline), _quiet_sae_lens():
+            sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+    except Exception as e:
+        raise _hub_error(e, spec, offline, f"repository {lookup.repo_id}") from e
+    _finish(sae, spec)
+    overrides = (lookup.config_overrides or {}).get("model_from_pretrained_kwargs") or {}
+    centre = release.startswith(_CENTRED_RELEASE_PREFIXES) or (
+        isinstance(overrides, Mapping) and overrides.get("center_writing_weights") is True)
+    return _wrap(sae, spec, None, _sha256_tensors(sae.state_dict()), centre_extra=centre,
+                 model_fallback=lookup.model or None)
+
+
+def _download_hf(rest: str, spec: str) -> tuple[Path, str]:
+    """Fetch only the SAELens files of ``OWNER/REPO[/SUBFOLDER]``; returns (folder, repo)."""
+    import huggingface_hub
+
+    parts = [p for p in rest.strip().strip("/").split("/") if p]
+    if len(parts) < 2:
+        raise SpecError(f"SAE spec {spec!r} is not hf:OWNER/REPO[/SUBFOLDER]",
+                        "e.g. hf:jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre")
+    repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    # Only the SAELens files of that one folder: a repo often holds dozens of SAEs.
+    patterns = [f"{sub}/{n}" if sub else n for n in (CFG_FILENAME, WEIGHTS_FILENAME,
+                                                      SPARSITY_FILENAME)]
+    offline = hub_offline()
+    where = f"repository {repo}" + (f" folder {sub}" if sub else "")
+    try:
+        with offline_mode(offline):
+            root = huggingface_hub.snapshot_download(repo, allow_patterns=patterns,
+                                                     local_files_only=offline)
+    except Exception as e:
+        raise _hub_error(e, spec, offline, where) from e
+    folder = Path(root) / sub if sub else Path(root)
+    if not (folder / CFG_FILENAME).is_file():
+        raise ArtifactError(f"SAE spec {spec!r}: {where} has no {CFG_FILENAME}",
+                            "point at the folder of one SAE in SAELens format (cfg.json + "
+                            "sae_weights.safetensors); other formats load via saelens:RELEASE/ID")
+    return folder, repo
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_sae(sae: SAE[Any] | LoadedSAE, folder: str | Path, *,
+             extra_metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write ``sae`` as a SAELens v6 folder (cfg.json + sae_weights.safetensors), atomically.
+
+    ``metadata.sae_lens_version`` is forced to a v6 version (else SAELens would reread the file
+    through its pre-6 converter), ``model_name`` and ``hook_name`` are always present (null if
+    unknown), and ``extra_metadata`` is merged in last. A :class:`LoadedSAE` also records its
+    :class:`SAEInput` so a reload reproduces it. An existing SAE folder is replaced; any other
+    non-empty folder is refused. Training SAEs are saved in their inference form.
+    """
+    import sae_lens
+    from packaging.version import InvalidVersion, Version
+    from sae_lens import SAE, TrainingSAE
+
+    loaded = sae if isinstance(sae, LoadedSAE) else None
+    module = loaded.sae if loaded is not None else sae
+    if not isinstance(module, SAE):
+        raise TypeError(f"save_sae needs a sae_lens.SAE or LoadedSAE, got {type(module)}")
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"cannot save an SAE to {str(folder)!r}: it is a file",
+                            "choose a folder path")
+    looks_like_sae = any((folder / n).exists() for n in (CFG_FILENAME, WEIGHTS_FILENAME))
+    if folder.is_dir() and any(folder.iterdir()) and not looks_like_sae:
+        raise ArtifactError(f"refusing to replace {str(folder)!r}: a non-empty folder that is "
+                            "not an SAE folder", "choose a new or empty folder")
+    with atomic_dir(folder) as tmp:  # an SAE folder is replaced whole, never half-written
+        if isinstance(module, TrainingSAE):
+            module.save_inference_model(tmp)  # e.g. JumpReLU log_threshold -> threshold
+        else:
+            module.save_model(tmp)
+        cfg_path = tmp / CFG_FILENAME
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        meta = dict(cfg.get("metadata") or {})
+        version = str(meta.get("sae_lens_version") or "")
+        try:
+            is_v6 = Version(version) >= Version("6.0.0rc0")
+        except InvalidVersion:
+            is_v6 = False
+        if not is_v6:
+            meta["sae_lens_version"] = sae_lens.__version__
+        cfg.pop("sae_lens_version", None)  # a top-level key would win over metadata's
+        meta.setdefault("model_name", loaded.model_name if loaded is not None else None)
+        meta.setdefault("hook_name", loaded.hook_name if loaded is not None else None)
+        if loaded is not None:
+            meta["prepend_bos"] = loaded.input.prepend_bos
+            if loaded.input.centre:
+                kwargs = dict(meta.get("model_from_pretrained_kwargs") or {})
+                kwargs["center_writing_weights"] = True
+                meta["model_from_pretrained_kwargs"] = kwargs
+        meta.update(extra_metadata or {})
+        cfg["metadata"] = meta
+        cfg_path.write_text(json.dumps(cfg, indent=2, allow_nan=False), encoding="utf-8")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Using an SAE on raw residuals
+
+
+def encode(loaded: LoadedSAE, x: torch.Tensor) -> torch.Tensor:
+    """Feature activations ``[..., F]`` (float32) of raw HF residuals ``x [..., D]``.
+
+    Applies :class:`SAEInput` (centring), then ``sae.encode``, which itself applies the SAE's
+    own input normalisation and b_dec handling. Runs without autograd.
+    """
+    x = x.to(device=loaded.sae.W_enc.device, dtype=torch.float32)
+    if loaded.input.centre:
+        x = x - x.mean(dim=-1, keepdim=True)
+    with torch.no_grad():
+        return loaded.sae.encode(x).to(torch.float32)
+
+
+def decoder_directions(loaded: LoadedSAE) -> torch.Tensor:
+    """Decoder rows ``W_dec [F, D]`` (float32 copy): each feature's write direction.
+
+    They are the right directions to add to the *raw* residual. For a centred-input SAE the
+    rows live in centred space, and they are not assumed to sum to zero; adding a row ``r`` to
+    the raw residual changes the centred residual by ``r - mean(r)``, and ``mean(r)`` is a
+    multiple of the all-ones vector, which every LayerNorm that reads the residual removes, so
+    the model sees the same change as TransformerLens does. For ``layer_norm`` /
+    ``constant_norm_rescale`` SAEs the decoder output is rescaled per token by a scalar, which
+    changes magnitudes (undo it for raw-unit magnitudes), not directions.
+    """
+    return loaded.sae.W_dec.detach().to(torch.float32).clone()
