@@ -18,7 +18,7 @@ def test_help_lists_the_pipeline():
         assert cmd in res.output
 
 
-@pytest.mark.parametrize("cmd", ["stats", "steer", "fit", "screen", "report", "run"])
+@pytest.mark.parametrize("cmd", ["steer", "fit", "screen", "report", "run"])
 def test_unbuilt_stages_say_so(cmd):
     res = runner.invoke(app, [cmd])
     assert res.exit_code == 2

@@ -25,7 +25,7 @@ def planted(n: int = 24_000, d: int = 16, f: int = 48, k: int = 3, seed: int = 0
 @pytest.mark.parametrize("arch, extra, min_ev", [
     ("topk", {"k": 3}, 0.65),  # measured 0.71 (an untrained SAE: ~0)
     ("relu", {"l1_coefficient": 0.5}, 0.85),  # measured 0.90
-    ("jumprelu", {"l0_coefficient": 0.5}, 0.9),
+    ("jumprelu", {"target_l0": 3.0}, 0.85),
 ])
 def test_recovers_a_planted_dictionary(arch, extra, min_ev):
     acts = planted()
@@ -44,6 +44,8 @@ def test_bad_configs():
         TrainConfig(k=64, width=64)
     with pytest.raises(SpecError, match="positive"):
         TrainConfig(tokens=0)
+    with pytest.raises(SpecError, match="target_l0"):
+        TrainConfig(arch="jumprelu", width=32, target_l0=40.0)
 
 
 def test_train_saes_saves_caches_and_shares_one_pass(tmp_path, monkeypatch):
@@ -53,6 +55,7 @@ def test_train_saes_saves_caches_and_shares_one_pass(tmp_path, monkeypatch):
                                   for i in range(40)))
     model = tiny_model("llama")
     base = dict(model="embedded:smollm2-135m", hook="blocks.2.hook_resid_post", width=32, k=4,
+                target_l0=4.0,
                 tokens=3000, heldout_tokens=500, corpus=f"text:{corpus}", context_len=32,
                 epochs=1, batch_size=128)
     configs = [TrainConfig(arch=a, **base) for a in ("topk", "relu", "jumprelu")]

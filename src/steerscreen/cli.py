@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from steerscreen import __version__
@@ -28,9 +29,10 @@ console = Console(stderr=True)
 
 
 def _fail(err: SteerscreenError) -> None:
-    console.print(f"[bold red]error:[/] {err.what}")
+    # Messages quote user input and specs ("hf:OWNER/REPO[/SUBFOLDER]"): never rich markup.
+    console.print(f"[bold red]error:[/] {escape(err.what)}")
     if err.fix:
-        console.print(f"[bold]fix:[/] {err.fix}")
+        console.print(f"[bold]fix:[/] {escape(err.fix)}")
     raise typer.Exit(err.exit_code)
 
 
@@ -108,9 +110,72 @@ def train_sae(
 
 
 @app.command()
-def stats() -> None:
-    """Pre-intervention statistics for every feature (METHOD §1)."""
-    _not_yet("stats", 3)
+def stats(
+    sae: Annotated[str, typer.Option(help="SAE spec: a folder from train-sae (PATH or "
+                                     "local:PATH), saelens:RELEASE/SAE_ID or "
+                                     "hf:OWNER/REPO or hf:OWNER/REPO/SUBFOLDER.")],
+    out: Annotated[Path, typer.Option(help="Run folder: feature_stats.parquet, "
+                                      "feature_examples.parquet and manifest.json land here.")],
+    model: Annotated[str, typer.Option(help="Model spec: embedded:smollm2-135m, "
+                                       "embedded:gemma3-270m, hf:REPO, gguf:PATH or a folder.")]
+    = "embedded:smollm2-135m",
+    hook: Annotated[str | None, typer.Option(help="Hook point, e.g. blocks.12.hook_resid_post "
+                                             "(default: the one the SAE records).")] = None,
+    corpus: Annotated[str, typer.Option(help="Corpus spec: embedded, text:PATH, "
+                                        "jsonl:PATH[:FIELD], hf:DATASET[:CONFIG]:SPLIT[:FIELD]. "
+                                        "Only its stats split is read.")] = "embedded",
+    tokens: Annotated[int, typer.Option(help="Scored tokens (positions >= 1) of stats-split "
+                                        "contexts.")] = 100_000,
+    context_len: Annotated[int, typer.Option(help="Tokens per context (BOS included).")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Contexts per forward pass.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed for the document split and the reservoirs.")]
+    = 0,
+    strength: Annotated[float, typer.Option(help="s of the logit dose alpha = s * r, r = median "
+                                            "residual norm at the hook.")] = 0.25,
+    final_norm_contexts: Annotated[int, typer.Option(help="Contexts run to the end of the "
+                                                     "model for sigma_fin.")] = 64,
+    reservoir_size: Annotated[int, typer.Option(help="R: firings sampled per feature for "
+                                                "shape and co-activation statistics.")] = 200,
+    coact_size: Annotated[int | None, typer.Option(help="R_co <= R: reservoir slots that keep "
+                                                   "their co-active set (default R).")] = None,
+    max_partners: Annotated[int, typer.Option(help="P: co-active features kept per firing.")]
+    = 64,
+    n_examples: Annotated[int, typer.Option(help="K: top activating examples per feature.")]
+    = 10,
+    example_window: Annotated[int, typer.Option(help="W: tokens kept per example, ending at "
+                                                "the firing.")] = 16,
+    neighbour_threshold: Annotated[float, typer.Option(help="Decoder cosine above which a "
+                                                       "feature is a neighbour.")] = 0.3,
+    n_components: Annotated[int, typer.Option(help="k of the residual principal subspace.")]
+    = 10,
+    decode_examples: Annotated[bool, typer.Option(help="Decode example windows to text.")]
+    = True,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Model dtype: float32 or bfloat16.")] = "float32",
+    force: Annotated[bool, typer.Option(help="Recompute even if RUN records a stats stage with "
+                                        "another config.")] = False,
+) -> None:
+    """Pre-intervention statistics for every feature (METHOD §1), in one streaming pass."""
+    from steerscreen.stats.stage import StatsConfig, run_stats
+
+    try:
+        cfg = StatsConfig(
+            sae=sae, model=model, hook=hook, corpus=corpus, tokens=tokens,
+            context_len=context_len, batch_size=batch_size, seed=seed, strength=strength,
+            final_norm_contexts=final_norm_contexts, reservoir_size=reservoir_size,
+            coact_size=coact_size, max_partners=max_partners, n_examples=n_examples,
+            example_window=example_window, neighbour_threshold=neighbour_threshold,
+            n_components=n_components, decode_examples=decode_examples, device=device,
+            dtype=dtype)
+        res = run_stats(cfg, out, force=force,
+                        log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+    except SteerscreenError as e:
+        _fail(e)
+    state = "already complete (skipped)" if res.skipped else f"{res.seconds:.1f} s"
+    console.print(
+        f"[bold]stats[/]: {res.n_features:,} features ({res.n_alive:,} alive, {res.n_dead:,} "
+        f"dead) over {res.n_positions:,} positions; r = {res.residual_norm:.4g}, alpha = "
+        f"{res.alpha:.4g}; {state}\n  -> {escape(str(res.stats_path))}")
 
 
 @app.command()

@@ -54,8 +54,14 @@ class TrainConfig:
     """JumpReLU: the L0 its quadratic sparsity loss pulls towards (Gemma Scope 2's loss)."""
     l0_coefficient: float = 1.0
     """JumpReLU: weight of that sparsity loss."""
-    jumprelu_init_threshold: float = 0.5
+    jumprelu_loss: Literal["quadratic", "tanh", "step"] = "quadratic"
+    """JumpReLU sparsity loss: quadratic around target_l0 (Gemma Scope 2), tanh (Anthropic) or
+    step (plain L0, DeepMind)."""
+    jumprelu_ste_to_input: bool = True
+    """JumpReLU: let the sparsity gradient reach the encoder, not only the thresholds."""
+    jumprelu_init_threshold: float = 0.1
     jumprelu_bandwidth: float = 0.1
+    pre_act_loss_coefficient: float | None = None
     tokens: int = 200_000
     """Training tokens (positions >= 1 of contexts from the training documents)."""
     corpus: str = "embedded"
@@ -82,6 +88,9 @@ class TrainConfig:
         ModelSpec.parse(self.model)
         if self.arch == "topk" and self.k >= self.width:
             raise SpecError(f"k={self.k} must be smaller than width={self.width}", "lower --k")
+        if self.arch == "jumprelu" and not 0 < self.target_l0 < self.width:
+            raise SpecError(f"target_l0={self.target_l0} must lie between 0 and width="
+                            f"{self.width}", "lower --target-l0 or raise --width")
 
     def key(self, corpus_sha: str) -> str:
         import sae_lens
@@ -164,8 +173,11 @@ def _training_sae(cfg: TrainConfig, d_in: int):
         return StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient,
                                                              **common))
     return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
-        l0_coefficient=cfg.l0_coefficient, jumprelu_sparsity_loss_mode="quadratic",
-        target_l0=cfg.target_l0, jumprelu_init_threshold=cfg.jumprelu_init_threshold,
+        l0_coefficient=cfg.l0_coefficient, jumprelu_sparsity_loss_mode=cfg.jumprelu_loss,
+        target_l0=cfg.target_l0 if cfg.jumprelu_loss == "quadratic" else None,
+        jumprelu_ste_to_input=cfg.jumprelu_ste_to_input,
+        pre_act_loss_coefficient=cfg.pre_act_loss_coefficient,
+        jumprelu_init_threshold=cfg.jumprelu_init_threshold,
         jumprelu_bandwidth=cfg.jumprelu_bandwidth, **common))
 
 

@@ -1,0 +1,300 @@
+"""The run folder (METHOD §5): file names, ``manifest.json``, stage records and the config guard.
+
+A run folder holds one SAE's results. Its ``manifest.json`` records the environment (versions,
+platform), the inputs (model, SAE, corpus: descriptions and hashes), the steering set-up METHOD
+§5 names, and a ``stages`` map: one record per pipeline stage with its config, the identity of
+its inputs, timings, results and the sha256 of every file it wrote.
+
+The guard (:meth:`RunDir.check_stage`): a stage whose recorded config or inputs differ from the
+new ones is refused with an actionable error unless ``force``; the same config with a complete
+record whose files are intact is skipped. Resuming a half-finished stage is not supported: an
+incomplete record with the same config is simply run again.
+
+Every write is atomic (temp file + rename): manifests via :func:`steerscreen.files.write_json`,
+tables via :meth:`RunDir.write_table`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from steerscreen import __version__
+from steerscreen.errors import ArtifactError, SteerscreenError
+from steerscreen.files import atomic_path, sha256_file, sha256_json, write_json
+
+MANIFEST_FORMAT = "steerscreen-run/1"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def environment(device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+    """Versions and platform for a manifest (packages that are not installed read ``None``)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {"steerscreen": __version__}
+    for pkg in ("torch", "transformers", "sae-lens", "numpy", "polars", "pyarrow"):
+        try:
+            versions[pkg.replace("-", "_")] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg.replace("-", "_")] = None
+    env: dict[str, Any] = {
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        env["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    if device is not None:
+        env["device"] = device
+    if dtype is not None:
+        env["dtype"] = dtype
+    return env
+
+
+@dataclass(frozen=True)
+class StageCheck:
+    """What :meth:`RunDir.check_stage` decided."""
+
+    action: Literal["run", "skip"]
+    """``run``: compute the stage; ``skip``: a complete, intact record with this config exists."""
+    reason: str
+    """One line for the user (why it runs or is skipped)."""
+    record: dict[str, Any] | None
+    """The existing stage record, if any."""
+
+
+class RunDir:
+    """One run folder: the METHOD §5 file names, the manifest and the stage records."""
+
+    MANIFEST = "manifest.json"
+    FEATURE_STATS = "feature_stats.parquet"
+    FEATURE_EXAMPLES = "feature_examples.parquet"
+    CONTEXTS = "contexts.parquet"
+    STEERING_OUTCOMES = "steering_outcomes.parquet"
+    STEERING_GRAM = "steering_gram.parquet"
+    SCREENING = "screening"
+    REPORT = "report.html"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / self.MANIFEST
+
+    # --- manifest ---------------------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest, or an empty skeleton when the folder has none yet."""
+        p = self.manifest_path
+        if not p.is_file():
+            return {"format": MANIFEST_FORMAT, "stages": {}}
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{str(p)!r} is not valid JSON ({e})",
+                                "the manifest is corrupt: remove the run folder (or pass "
+                                "--force to start it again) and rerun") from e
+        if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+            raise ArtifactError(f"{str(p)!r} is not a steerscreen run manifest",
+                                "choose another --out folder")
+        data.setdefault("stages", {})
+        return data
+
+    def update_manifest(self, updates: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``updates`` into the manifest (nested dicts merge, other values replace) and
+        write it atomically; returns the new manifest."""
+        manifest = _jsonable(_deep_merge(self.read_manifest(), updates))
+        manifest["format"] = MANIFEST_FORMAT
+        manifest.setdefault("created_utc", utc_now())
+        manifest["updated_utc"] = utc_now()
+        write_json(self.manifest_path, manifest)
+        return manifest
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return self.read_manifest()["stages"].get(name)
+
+    # --- the guard ----------------------------------------------------------------------------
+    def check_stage(self, name: str, config: Mapping[str, Any], *, force: bool = False,
+                    inputs: Mapping[str, Any] | None = None) -> StageCheck:
+        """Decide whether stage ``name`` runs, is skipped, or is refused (raises).
+
+        ``config`` is the stage's result-defining configuration and ``inputs`` the identity of
+        what it reads (content hashes); with ``inputs=None`` only the config is compared (a
+        cheap first check before anything is loaded).
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise SteerscreenError(f"run folder {str(self.path)!r} is a file",
+                                   "choose a folder path for --out")
+        if (self.path.is_dir() and not self.manifest_path.is_file()
+                and any(self.path.iterdir()) and not force):
+            raise SteerscreenError(
+                f"{str(self.path)!r} is a non-empty folder without a steerscreen manifest",
+                "choose a new or empty --out folder (or pass --force to write into it anyway)")
+        record = self.stage(name)
+        if record is None:
+            return StageCheck("run", f"no {name} stage recorded in {self.path}", None)
+        diffs = _differences(record.get("config", {}), config, "")
+        if inputs is not None:
+            diffs += _differences(record.get("inputs", {}), inputs, "inputs.")
+        if diffs:
+            if not force:
+                shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} in all)"
+                                                if len(diffs) > 6 else "")
+                raise SteerscreenError(
+                    f"{str(self.path)!r} already holds a {name} stage with a different config "
+                    f"(recorded -> new: {shown})",
+                    f"write to another --out folder, rerun with the recorded config, or pass "
+                    f"--force to recompute the {name} stage (later stages that used it are "
+                    "then marked stale)")
+            return StageCheck("run", f"config changed and --force given: recomputing {name}",
+                              record)
+        if inputs is None:  # the config matches; the inputs still have to be compared
+            return StageCheck("run", f"{name} config matches; inputs not yet compared", record)
+        if record.get("status") != "complete":
+            return StageCheck("run", f"an incomplete {name} stage is recorded: running it again",
+                              record)
+        broken = self.damaged_outputs(record)
+        if broken:
+            return StageCheck("run", f"{name} outputs {', '.join(broken)} are missing or "
+                              "changed: recomputing", record)
+        if force:
+            return StageCheck("run", f"--force given: recomputing {name}", record)
+        return StageCheck("skip", f"{name} is already complete in {self.path} with the same "
+                          "config and inputs (pass --force to recompute)", record)
+
+    def damaged_outputs(self, record: Mapping[str, Any]) -> list[str]:
+        """Output files of a stage record that are missing or whose sha256 changed."""
+        bad = []
+        for fname, meta in (record.get("outputs") or {}).items():
+            p = self.file(fname)
+            if not p.is_file() or sha256_file(p) != meta.get("sha256"):
+                bad.append(fname)
+        return bad
+
+    # --- stage records --------------------------------------------------------------------------
+    def begin_stage(self, name: str, config: Mapping[str, Any], inputs: Mapping[str, Any], *,
+                    depends_on: Iterable[str] = (), extra: Mapping[str, Any] | None = None
+                    ) -> None:
+        """Record that stage ``name`` started (status ``running``), replacing any old record;
+        stages that depend on ``name`` and were computed from another config become stale."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = self.read_manifest()
+        old = manifest["stages"].get(name)
+        changed = old is not None and old.get("config_sha256") != _stage_hash(config, inputs)
+        stages = dict(manifest["stages"])
+        if changed:
+            for other, rec in stages.items():
+                if name in (rec.get("depends_on") or []) and rec.get("status") == "complete":
+                    stages[other] = {**rec, "status": "stale",
+                                     "stale_because": f"{name} was recomputed {utc_now()}"}
+        stages[name] = {"status": "running", "started_utc": utc_now(), "config": dict(config),
+                        "inputs": dict(inputs), "config_sha256": _stage_hash(config, inputs),
+                        "depends_on": list(depends_on)}
+        manifest["stages"] = stages
+        self.update_manifest({**manifest, **(extra or {})})
+
+    def complete_stage(self, name: str, *, outputs: Mapping[str, Mapping[str, Any]],
+                       timings: Mapping[str, float], results: Mapping[str, Any] | None = None,
+                       extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Mark stage ``name`` complete with its outputs (name -> {sha256, ...}), timings (s)
+        and results; ``extra`` is merged into the manifest's top level."""
+        manifest = self.read_manifest()
+        rec = manifest["stages"].get(name)
+        if rec is None:
+            raise RuntimeError(f"stage {name!r} was never begun in {self.path}")
+        rec = {**rec, "status": "complete", "finished_utc": utc_now(),
+               "timings_s": {k: round(float(v), 4) for k, v in timings.items()},
+               "outputs": {k: dict(v) for k, v in outputs.items()},
+               "results": dict(results or {})}
+        return self.update_manifest({**(extra or {}), "stages": {name: rec}})
+
+    # --- tables ---------------------------------------------------------------------------------
+    def write_table(self, name: str, df: pl.DataFrame) -> dict[str, Any]:
+        """Write ``df`` as parquet to ``name`` via a temp file + rename -> {sha256, rows, bytes}."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.file(name)) as tmp:
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+            info = {"sha256": sha256_file(tmp), "rows": df.height, "bytes": tmp.stat().st_size}
+        return info
+
+    def read_table(self, name: str) -> pl.DataFrame:
+        p = self.file(name)
+        if not p.is_file():
+            raise ArtifactError(f"{str(p)!r} does not exist",
+                                "run the stage that writes it first")
+        try:
+            return pl.read_parquet(p)
+        except Exception as e:  # polars raises several types for a bad file
+            raise ArtifactError(f"{str(p)!r} is not a readable parquet file ({e})",
+                                "rerun the stage that writes it (with --force)") from e
+
+
+def _stage_hash(config: Mapping[str, Any], inputs: Mapping[str, Any]) -> str:
+    return sha256_json({"config": dict(config), "inputs": dict(inputs)})
+
+
+def _deep_merge(base: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in updates.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k != "stages":
+            out[k] = _deep_merge(out[k], v)
+        elif k == "stages" and isinstance(v, Mapping):
+            out[k] = {**out.get(k, {}), **{n: dict(r) for n, r in v.items()}}
+        else:
+            out[k] = v
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    """Strict JSON: NaN and infinities become null (``json`` would write bare ``NaN``)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Mapping):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str) -> list[str]:
+    """``key: old -> new`` for every key whose JSON value differs (missing = absent)."""
+    def norm(v: Any) -> Any:
+        return json.loads(json.dumps(v, sort_keys=True, default=str))
+
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = norm(old.get(k, "<absent>")), norm(new.get(k, "<absent>"))
+        if a != b:
+            out.append(f"{prefix}{k}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v) if not isinstance(v, str) else v
+    return s if len(s) <= 40 else s[:18] + "..." + s[-18:]

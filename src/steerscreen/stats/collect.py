@@ -1,0 +1,97 @@
+"""The streaming stats pass: model up to the hook, SAE encode, every accumulator from one batch.
+
+Each batch of contexts runs the model only up to the hook (``logits=False`` stops there), the SAE
+encodes the residual, and :meth:`StatsAccumulator.update` takes activations, token ids, the
+SAE's input-normalisation scale and the residual together. ``sigma_fin`` needs the residual at
+the final norm, which lies past the hook: only the first ``final_norm_contexts`` contexts run
+to the end of the model (reading both hooks in one forward), so its cost is bounded.
+
+The raw residual's L2 norm at every position >= 1 is recorded too: its median r is the dose unit
+of METHOD §2 (``alpha = s * r``).
+
+Shards: give each shard its contexts' corpus-wide ids (``ctx_id_offset``) and merge the
+accumulators; the result equals one pass over all contexts. ``into`` continues an existing
+accumulator instead (the same result, with no merge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from steerscreen.corpus import Contexts
+from steerscreen.models.hooks import HookedModel, HookPoint
+from steerscreen.saes.io import LoadedSAE, encode
+from steerscreen.stats.accumulators import StatsAccumulator, StatsOptions
+from steerscreen.stats.table import TableOptions, feature_stats
+
+_SCALE_FREE = ("none", "expected_average_only_in")  # no runtime rescaling in SAELens
+
+
+def sae_input(loaded: LoadedSAE, resid_BTD: torch.Tensor) -> torch.Tensor:
+    """The residual as the SAE reads it before its own normalisation (steerscreen's centring)."""
+    x = resid_BTD.to(device=loaded.sae.W_enc.device, dtype=torch.float32)
+    if loaded.input.centre:
+        x = x - x.mean(dim=-1, keepdim=True)
+    return x
+
+
+def input_scale(loaded: LoadedSAE, x_BTD: torch.Tensor) -> torch.Tensor:
+    """Per-position factor that takes SAE-space writes to raw residual units -> [B, T].
+
+    SAELens decodes ``layer_norm`` SAEs as ``x_hat * std + mu`` (std of the centred input,
+    unbiased, as SAELens computes it) and ``constant_norm_rescale`` ones as ``x_hat * ||x|| /
+    sqrt(d_in)``; a feature's raw-unit write is therefore ``a * scale * W_dec[f]``.
+    """
+    norm = loaded.sae.cfg.normalize_activations
+    x = x_BTD.float()
+    if norm in _SCALE_FREE:
+        return torch.ones(x.shape[:-1], device=x.device)
+    if norm == "layer_norm":
+        return (x - x.mean(-1, keepdim=True)).std(dim=-1)
+    if norm == "constant_norm_rescale":
+        return x.norm(dim=-1) / loaded.d_in**0.5
+    raise ValueError(f"input normalisation {norm!r} is not supported by the stats pass")
+
+
+def collect_stats(model: HookedModel, loaded: LoadedSAE, contexts: Contexts,
+                  hook: str | HookPoint, *, options: StatsOptions | None = None,
+                  batch_size: int = 16, final_norm_contexts: int = 64,
+                  ctx_id_offset: int = 0, into: StatsAccumulator | None = None,
+                  progress: Callable[[int], None] | None = None) -> StatsAccumulator:
+    """One pass over ``contexts``; context i gets the id ``ctx_id_offset + i``.
+
+    ``into``: an accumulator to continue (its options win over ``options``); ``progress`` is
+    called with the number of tokens of each finished batch.
+    """
+    hp = model.hook_point(hook)
+    last = HookPoint(model.n_layers - 1, "resid_post")
+    unembed = model.unembed()
+    acc = into if into is not None else StatsAccumulator(
+        loaded.d_sae, loaded.d_in, options, device=loaded.sae.W_enc.device)
+    ids_all = torch.as_tensor(contexts.token_ids)
+    for i0 in range(0, len(contexts), batch_size):
+        ids_BT = ids_all[i0:i0 + batch_size]
+        ctx_ids = torch.arange(i0, i0 + ids_BT.shape[0]) + ctx_id_offset
+        n_final = max(0, min(ids_BT.shape[0], final_norm_contexts - i0))
+        reads = [hp, last] if n_final else [hp]
+        out = model.forward(ids_BT, read=reads, logits=False)
+        resid_BTD = out.acts[hp.name]
+        x_BTD = sae_input(loaded, resid_BTD)
+        acc.update(encode(loaded, resid_BTD), ids_BT, ctx_ids,
+                   input_scale_BT=input_scale(loaded, x_BTD), resid_BTD=x_BTD,
+                   resid_norm_BT=resid_BTD.float().norm(dim=-1))
+        if n_final:  # only the contexts that ran to the end
+            final_BTD = out.acts[last.name][:n_final].to(unembed.W_U.device)
+            acc.add_final_scales(unembed.norm_scale(final_BTD))
+        if progress is not None:
+            progress(int(ids_BT.numel()))
+    return acc
+
+
+def stats_table(acc: StatsAccumulator, loaded: LoadedSAE, model: HookedModel,
+                options: TableOptions | None = None):
+    """``feature_stats`` for a loaded SAE on ``model`` (weights and unembedding taken from them)."""
+    return feature_stats(acc, loaded.sae.W_enc.detach(), loaded.sae.W_dec.detach(),
+                         model.unembed(), options)
