@@ -26,14 +26,18 @@ a total order, so they merge exactly too. Context ids must be unique across shar
     F * (32 + 24 R + R_co (4 P + 1) + K (12 + 4 W)) + 8 D (D + 1) + 4 N_fin + 4 N_norm
 
 (N_fin = positions with a final-norm scale, N_norm = positions with a residual norm: 4 bytes each,
-so the exact medians cost 4 MB per million positions; one copy, a batch update or merge transiently
-needs about twice the touched rows). It does not depend on L0 except through the choice of P: the
-co-activation columns are exact when P >= L0_max - 1 (a TopK SAE: P = k - 1), and otherwise keep
-each firing's P largest co-active features (``coact_truncated_share`` says how often that bit). With
+so the exact medians cost 4 MB per million positions; one copy, a merge transiently needs about
+twice the state). During a pass the update also keeps a ``2 F R_co``-byte slot index: it never
+moves partner sets, so they are put back in key order (in place) when ``reservoir`` is read.
+The state does not depend on L0 except through the choice of P: the co-activation columns are
+exact when P >= L0_max - 1 (a TopK SAE: P = k - 1), and otherwise keep each firing's P largest
+co-active features (``coact_truncated_share`` says how often that bit). With
 the defaults (R = R_co = 200, P = 64, K = 10, W = 16) that is 57 KB per feature: 7.5 GB for F =
 131,072, never an F x F matrix (a dense float32 one would be 69 GB); R_co = 50 brings it to 2.4 GB.
-Per batch the dense ``acts_BTF`` (as the SAE returns it), a top-(P+1) per position and the firing
-lists (``~B T L0`` entries, a few int64 each) are needed.
+Per batch the dense ``acts_BTF`` (as the SAE returns it), its float64 copy (the exact sums) and the
+firing lists (``~B T L0`` entries, a few int64 each) are needed; a top-(P+1) only at positions with
+more than P + 1 firings. Only firings that beat a row's current R-th key (K-th example) go past
+the firing lists, and only the slots they shift are rewritten (``update``).
 """
 
 from __future__ import annotations
@@ -208,11 +212,21 @@ class Examples:
                         torch.gather(window, 1, order[..., None].expand(-1, -1, w)))
 
 
-def _rank_in_group(group: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Rank of each element inside its group, for ``group`` sorted ascending."""
-    counts = torch.bincount(group, minlength=n_groups)
-    start = torch.cumsum(counts, 0) - counts
-    return torch.arange(group.numel(), device=group.device) - start[group]
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Ascending indices of the True entries of a 1-D bool tensor.
+
+    Sparse masks are scanned 8 bytes at a time: only the non-zero 8-byte words are expanded
+    (the same result as ``nonzero``, at a fraction of the cost for SAE activations).
+    """
+    if mask.numel() % 8 or mask.storage_offset() % 8:
+        return torch.nonzero(mask).squeeze(1)
+    word = torch.nonzero(mask.view(torch.int64)).squeeze(1)
+    w, c = torch.nonzero(mask.view(-1, 8)[word], as_tuple=True)
+    return word[w] * 8 + c
+
+
+def _slot_dtype(n: int) -> torch.dtype:
+    return torch.int16 if n <= torch.iinfo(torch.int16).max + 1 else torch.int32
 
 
 class StatsAccumulator:
@@ -262,17 +276,26 @@ class StatsAccumulator:
             raise ValueError(f"acts have {f_sz} features, the accumulator {nf}")
         ids_BT = ids_BT.to(dev, torch.int64)
         ctx_ids_B = ctx_ids_B.to(dev, torch.int64)
-        active = a_BTF > 0
         self.n_positions += b_sz * t_sz
         self.n_contexts_by_len[t_sz] = self.n_contexts_by_len.get(t_sz, 0) + b_sz
-        self.n_fire += active.sum((0, 1))
-        self.n_ctx_fire += active.any(1).sum(0)
-        self.sum_act += a_BTF.sum((0, 1), dtype=torch.float64)
-        if input_scale_BT is None:
-            self.sum_act_raw += a_BTF.sum((0, 1), dtype=torch.float64)
+        # The firings, row-major (position q = b T + t, then f): the counts come from them
+        # (exact integers), never from another [B, T, F] pass.
+        i = _flat_nonzero((a_BTF > 0).reshape(-1))
+        q, f = i // nf, i % nf
+        b, t = q // t_sz, q % t_sz
+        self.n_fire += torch.bincount(f, minlength=nf)
+        self.n_ctx_fire += torch.bincount(torch.unique(b * nf + f) % nf, minlength=nf)
+        # The float64 sums stay the same dense reductions (``sum(dtype=float64)`` reduces
+        # ``a.to(float64)``; a scale of exactly 1 leaves every term, so the sum, unchanged).
+        a64 = a_BTF.double()
+        sum_a = a64.sum((0, 1))
+        self.sum_act += sum_a
+        if input_scale_BT is None or bool((input_scale_BT[:, 1:] == 1).all()):
+            self.sum_act_raw += sum_a
         else:
             s_BT = input_scale_BT[:, 1:].to(dev, torch.float64)
-            self.sum_act_raw += (a_BTF.double() * s_BT[..., None]).sum((0, 1))
+            self.sum_act_raw += a64.mul_(s_BT[..., None]).sum((0, 1))
+        del a64
         if resid_BTD is not None:
             x_ND = resid_BTD[:, 1:].reshape(-1, resid_BTD.shape[-1]).to(dev, torch.float64)
             self.n_resid += x_ND.shape[0]
@@ -283,52 +306,14 @@ class StatsAccumulator:
         if resid_norm_BT is not None:
             self.add_resid_norms(resid_norm_BT)
 
-        b, t, f = active.nonzero(as_tuple=True)
         if f.numel() == 0:
             return self
         val = a_BTF[b, t, f]
         pos = t + 1
         uid = make_uid(ctx_ids_B[b], pos)
         key = firing_keys(uid, f, opts.seed)
-        tok = ids_BT[b, pos].to(torch.int32)
-        rows = torch.unique(f)
-        row_of = torch.full((nf,), -1, dtype=torch.int64, device=dev)
-        row_of[rows] = torch.arange(rows.numel(), device=dev)
-
-        # Reservoir candidates: per feature, the batch's R smallest keys.
-        o = torch.sort(key, stable=True).indices
-        o = o[torch.sort(f[o], stable=True).indices]
-        rank = _rank_in_group(f[o], nf)
-        keep = rank < opts.reservoir_size
-        o, rank = o[keep], rank[keep]
-        cand = Reservoir.empty(rows.numel(), opts, dev)
-        r_i = row_of[f[o]]
-        cand.key[r_i, rank] = key[o]
-        cand.value[r_i, rank] = val[o]
-        cand.token[r_i, rank] = tok[o]
-        cand.uid[r_i, rank] = uid[o]
-        co = rank < opts.coact_slots
-        partners, trunc = self._partners(a_BTF, active, b[o[co]], t[o[co]], f[o[co]])
-        cand.partners[r_i[co], rank[co]] = partners
-        cand.truncated[r_i[co], rank[co]] = trunc
-        self.reservoir.set_rows(rows, self.reservoir.rows(rows).merged(cand))
-
-        # Example candidates: per feature, the batch's K largest values (ties: smaller uid).
-        o = torch.sort(uid, stable=True).indices
-        o = o[torch.sort(val[o], descending=True, stable=True).indices]
-        o = o[torch.sort(f[o], stable=True).indices]
-        rank = _rank_in_group(f[o], nf)
-        keep = rank < opts.n_examples
-        o, rank = o[keep], rank[keep]
-        ex = Examples.empty(rows.numel(), opts, dev)
-        r_i = row_of[f[o]]
-        ex.value[r_i, rank] = val[o]
-        ex.uid[r_i, rank] = uid[o]
-        w = opts.example_window
-        pad = torch.full((b_sz, w - 1), -1, dtype=torch.int64, device=dev)
-        windows_BTW = torch.cat([pad, ids_BT], 1).unfold(1, w, 1)  # [B, T+1, W], ends at t
-        ex.window[r_i, rank] = windows_BTW[b[o], pos[o]].to(torch.int32)
-        self.examples.set_rows(rows, self.examples.rows(rows).merged(ex))
+        self._update_reservoir(a_BTF, ids_BT, q, b, t, f, val, uid, key)
+        self._update_examples(ids_BT, b, pos, f, val, uid)
         return self
 
     def add_final_scales(self, final_scale_BT: torch.Tensor) -> None:
@@ -350,26 +335,197 @@ class StatsAccumulator:
             self._resid_norm_parts = []
         return self._resid_norms
 
-    def _partners(self, a_BTF: torch.Tensor, active: torch.Tensor, b: torch.Tensor,
-                  t: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Co-active features (ascending, -1 padded) of the firings (b, t, f), and truncation."""
-        p = self.options.max_partners
-        k = min(p + 1, self.n_features)
-        # One top-k per position (B T k entries), gathered per firing: never [firings, F].
-        top = torch.topk(a_BTF.reshape(-1, self.n_features), k, dim=-1)
-        pos = b * a_BTF.shape[1] + t
-        idx, val = top.indices[pos], top.values[pos]
-        ok = (val > 0) & (idx != f[:, None])
-        rank = torch.cumsum(ok, 1) - 1
-        ok &= rank < p
-        out = torch.full((f.numel(), p + 1), self.n_features, dtype=torch.int64,
-                         device=self.device)
-        rr, cc = ok.nonzero(as_tuple=True)
-        out[rr, rank[rr, cc]] = idx[rr, cc]
-        out = torch.sort(out[:, :p], dim=1).values
-        out = torch.where(out == self.n_features, -1, out).to(torch.int32)
-        n_co = active.sum(-1)[b, t] - 1  # per-position L0, never a [firings, F] copy
-        return out, n_co > p
+    # --- the reservoir and the examples, per batch -----------------------------------------------
+    # Both only ever take a firing that beats the row's current last held entry (the R-th key,
+    # the K-th example): that is tested first, on the firing list, and only the survivors (all
+    # firings while the rows fill, a few per row per batch once they are full) are sorted,
+    # placed and written. Candidate blocks are as wide as the largest per-row survivor count.
+
+    def _update_reservoir(self, a_BTF: torch.Tensor, ids_BT: torch.Tensor, q: torch.Tensor,
+                          b: torch.Tensor, t: torch.Tensor, f: torch.Tensor, val: torch.Tensor,
+                          uid: torch.Tensor, key: torch.Tensor) -> None:
+        """Merge the batch's firings into the bottom-R reservoirs (== ``Reservoir.merged``).
+
+        The merged row is the stable sort of (held slots, then the batch's firings in (key,
+        firing) order) by key, cut at R. A firing whose key is >= the row's R-th held key (an
+        empty slot is INT64_MAX; no held entry has that key, as no firing with it ever enters)
+        has at least R entries before it and never enters, so it is dropped first. An entering
+        firing's slot is the number of held keys <= its key plus its rank among the entering
+        ones; held entries shift right past them. Only the slots from a row's first entering
+        firing to its last filled slot change, and only those are rewritten. Partner sets are
+        not moved at all: ``_slot`` maps each co-activation slot to the physical ``[P]`` block
+        that holds its set, so a batch writes only the sets of firings entering the first R_co.
+        """
+        r, rc = self.options.reservoir_size, self.options.coact_slots
+        dev, res = self.device, self._reservoir
+        sel = torch.nonzero(key < res.key[f, r - 1]).squeeze(1)
+        if sel.numel() == 0:
+            return
+        sel = sel[torch.sort(key[sel], stable=True).indices]
+        sel = sel[torch.sort(f[sel], stable=True).indices]  # by feature, then key, then firing
+        rows, counts = torch.unique_consecutive(f[sel], return_counts=True)
+        n_rows = rows.numel()
+        row_i = torch.repeat_interleave(torch.arange(n_rows, device=dev), counts)
+        rank = torch.arange(sel.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[row_i]
+        width = int(counts.max())
+        if width > r:  # rank >= R never enters
+            keep = rank < r
+            sel, row_i, rank, width = sel[keep], row_i[keep], rank[keep], r
+        cand_key = torch.full((n_rows, width), INT64_MAX, dtype=torch.int64, device=dev)
+        cand_key[row_i, rank] = key[sel]
+        held_key = res.key[rows]
+        slot = torch.searchsorted(held_key, cand_key, right=True)[row_i, rank] + rank
+        ok = slot < r
+        sel, row_i, slot = sel[ok], row_i[ok], slot[ok]  # (row, slot) ascending
+        if sel.numel() == 0:
+            return
+        n_new = torch.bincount(row_i, minlength=n_rows)
+        before = torch.cumsum(n_new, 0) - n_new  # entering firings in earlier rows
+        lo = slot[before.clamp_max(slot.numel() - 1)]  # the row's first entering slot
+        hi = torch.clamp((held_key != INT64_MAX).sum(1) + n_new, max=r)  # filled after
+        # The changed slots lo .. hi - 1 of each row, flat (the state's own flat positions).
+        span = torch.where(n_new > 0, hi - lo, 0)
+        start = torch.cumsum(span, 0) - span
+        er = torch.repeat_interleave(torch.arange(n_rows, device=dev), span)
+        dst = torch.arange(er.numel(), device=dev) + (rows * r + lo - start)[er]
+        is_new = torch.zeros(er.numel(), dtype=torch.bool, device=dev)
+        is_new[start[row_i] + slot - lo[row_i]] = True
+        n_at = torch.cumsum(is_new, 0) - before[er]  # entering firings at or before each slot
+        # A held entry moves right by the entering firings before it (an entering firing's
+        # slot reads a stand-in here and is written next).
+        src = (dst - n_at).clamp_min_(0)
+        new_at = rows[row_i] * r + slot
+        for name, x in (("key", key[sel]), ("value", val[sel]), ("uid", uid[sel]),
+                        ("token", ids_BT[b[sel], t[sel] + 1])):
+            flat = getattr(res, name).view(-1)
+            flat.index_copy_(0, dst, flat.index_select(0, src))
+            flat.index_copy_(0, new_at, x.to(flat.dtype))
+
+        co = slot < rc
+        if not bool(co.any()):
+            return
+        if self._slot is None:
+            self._slot = torch.arange(rc, dtype=_slot_dtype(rc), device=dev).repeat(
+                self.n_features, 1)
+        # The first R_co slots: of the first c = min(R_co, filled) slots after the merge, the
+        # n_in entering firings take the physical blocks of the held slots c - n_in .. c - 1
+        # (pushed out, or empty); the other slots keep the block of the held entry they hold.
+        n_in = torch.bincount(row_i[co], minlength=n_rows)
+        top = rows * rc + torch.clamp(hi, max=rc) - n_in - 1  # + n_at: an entering block
+        if rc < r:
+            m = torch.nonzero(dst - (rows * r)[er] < rc).squeeze(1)
+            er, is_new, n_at = er[m], is_new[m], n_at[m]
+            dst = dst[m] - (rows * (r - rc))[er]
+            src = dst - n_at
+        src = torch.where(is_new, top[er] + n_at, src)
+        flat = self._slot.view(-1)
+        flat.index_copy_(0, dst, flat.index_select(0, src))
+        row_c = rows[row_i[co]]
+        phys = flat.index_select(0, row_c * rc + slot[co]).long()
+        parts, trunc = self._partner_sets(a_BTF, q, f, sel[co])
+        res.partners[row_c, phys] = parts
+        res.truncated[row_c, phys] = trunc
+
+    def _partner_sets(self, a_BTF: torch.Tensor, q: torch.Tensor, f: torch.Tensor,
+                      i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Co-active features (ascending, -1 padded) of firings ``i``, and truncation -> [n, P].
+
+        The firings are row-major, so a position's (``q``) firings are one ascending run of
+        ``f``: a firing's set is its run without itself, unless the position fired more than
+        P + 1 features; those firings keep the P largest others (``topk`` per position).
+        """
+        p, nf, dev = self.options.max_partners, self.n_features, self.device
+        l0 = torch.bincount(q, minlength=a_BTF.shape[0] * a_BTF.shape[1])
+        start = torch.cumsum(l0, 0) - l0
+        qi = q[i]
+        first, n_co = start[qi], l0[qi] - 1
+        out = torch.full((i.numel(), p), -1, dtype=torch.int32, device=dev)
+        width = min(p, int(n_co.max()))
+        if width > 0:
+            j = torch.arange(width, device=dev)
+            src = first[:, None] + j + (j >= (i - first)[:, None])  # skip the firing itself
+            src.clamp_max_(f.numel() - 1)
+            out[:, :width] = torch.where(j < n_co[:, None], f[src], -1)
+        trunc = n_co > p
+        if bool(trunc.any()):
+            t_sz = a_BTF.shape[1]
+            tr = trunc.nonzero().squeeze(1)
+            qs, inv = torch.unique(qi[tr], return_inverse=True)
+            top = torch.topk(a_BTF[qs // t_sz, qs % t_sz], min(p + 1, nf), dim=-1)
+            idx, v = top.indices[inv], top.values[inv]
+            ok = (v > 0) & (idx != f[i[tr]][:, None])
+            rank = torch.cumsum(ok, 1) - 1
+            ok &= rank < p
+            kept = torch.full((tr.numel(), p + 1), nf, dtype=torch.int64, device=dev)
+            rr, cc = ok.nonzero(as_tuple=True)
+            kept[rr, rank[rr, cc]] = idx[rr, cc]
+            kept = torch.sort(kept[:, :p], dim=1).values
+            out[tr] = torch.where(kept == nf, -1, kept).to(torch.int32)
+        return out, trunc
+
+    def _update_examples(self, ids_BT: torch.Tensor, b: torch.Tensor, pos: torch.Tensor,
+                         f: torch.Tensor, val: torch.Tensor, uid: torch.Tensor) -> None:
+        """Merge the batch's firings into the top-K examples (== ``Examples.merged``).
+
+        Only firings ordered before the row's K-th held example (value desc, uid asc; an empty
+        slot is (-inf, INT64_MAX)) can enter; the rest are dropped before any sorting.
+        """
+        k, w, dev = self.options.n_examples, self.options.example_window, self.device
+        ex = self.examples
+        v_k, u_k = ex.value[f, k - 1], ex.uid[f, k - 1]
+        o = torch.nonzero((val > v_k) | ((val == v_k) & (uid < u_k))).squeeze(1)
+        if o.numel() == 0:
+            return
+        o = o[torch.sort(uid[o], stable=True).indices]
+        o = o[torch.sort(val[o], descending=True, stable=True).indices]
+        o = o[torch.sort(f[o], stable=True).indices]
+        rows, counts = torch.unique_consecutive(f[o], return_counts=True)
+        n_rows = rows.numel()
+        row_i = torch.repeat_interleave(torch.arange(n_rows, device=dev), counts)
+        rank = torch.arange(o.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[row_i]
+        keep = rank < k
+        o, row_i, rank = o[keep], row_i[keep], rank[keep]
+        width = min(int(counts.max()), k)
+        cand = Examples(
+            value=torch.full((n_rows, width), float("-inf"), dtype=torch.float32, device=dev),
+            uid=torch.full((n_rows, width), INT64_MAX, dtype=torch.int64, device=dev),
+            window=torch.full((n_rows, width, w), -1, dtype=torch.int32, device=dev))
+        cand.value[row_i, rank] = val[o]
+        cand.uid[row_i, rank] = uid[o]
+        pad = torch.full((ids_BT.shape[0], w - 1), -1, dtype=torch.int64, device=dev)
+        windows_BTW = torch.cat([pad, ids_BT], 1).unfold(1, w, 1)  # [B, T+1, W], ends at t
+        cand.window[row_i, rank] = windows_BTW[b[o], pos[o]].to(torch.int32)
+        ex.set_rows(rows, ex.rows(rows).merged(cand))
+
+    # --- the reservoir's partner sets -------------------------------------------------------------
+    @property
+    def reservoir(self) -> Reservoir:
+        """The reservoir, slots in key order (partner sets included)."""
+        self._canonicalize()
+        return self._reservoir
+
+    @reservoir.setter
+    def reservoir(self, res: Reservoir) -> None:
+        self._reservoir = Reservoir(*(getattr(res, f.name).contiguous() for f in fields(res)))
+        self._slot = None  # [F, R_co] physical partner block of each slot; None = identity
+
+    def _canonicalize(self) -> None:
+        """Move partner sets into slot order (in place, a bounded number of rows at a time)."""
+        slot = self._slot
+        if slot is None:
+            return
+        res = self._reservoir
+        rc, p = slot.shape[1], res.partners.shape[2]
+        ident = torch.arange(rc, dtype=slot.dtype, device=slot.device)
+        moved = torch.nonzero((slot != ident).any(1)).squeeze(1)
+        step = max(1, (1 << 24) // (rc * p))  # ~64 MB of partner blocks per step
+        for i0 in range(0, moved.numel(), step):
+            idx = moved[i0:i0 + step]
+            s = slot[idx].long()
+            res.partners[idx] = torch.gather(res.partners[idx], 1, s[..., None].expand(-1, -1, p))
+            res.truncated[idx] = torch.gather(res.truncated[idx], 1, s)
+            slot[idx] = ident
+        self._slot = None
 
     # --- merging --------------------------------------------------------------------------------
     def merge(self, other: StatsAccumulator) -> StatsAccumulator:
