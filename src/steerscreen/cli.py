@@ -71,7 +71,7 @@ def train_sae(
     k: Annotated[int, typer.Option(help="TopK: active features per token.")] = 32,
     l1_coefficient: Annotated[float, typer.Option(help="ReLU: L1 penalty.")] = 4.0,
     target_l0: Annotated[float, typer.Option(help="JumpReLU: target mean L0.")] = 40.0,
-    l0_coefficient: Annotated[float, typer.Option(help="JumpReLU: sparsity loss weight.")] = 1.0,
+    l0_coefficient: Annotated[float, typer.Option(help="JumpReLU: sparsity loss weight.")] = 5.0,
     tokens: Annotated[int, typer.Option(help="Training tokens.")] = 200_000,
     corpus: Annotated[str, typer.Option(help="Corpus spec: embedded, text:PATH, "
                                         "jsonl:PATH[:FIELD], hf:DATASET[:CONFIG]:SPLIT[:FIELD].")]
@@ -79,22 +79,23 @@ def train_sae(
     context_len: Annotated[int, typer.Option(help="Tokens per context (BOS included).")] = 128,
     epochs: Annotated[int, typer.Option(help="Passes over the training tokens.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Training batch (tokens).")] = 1024,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-3; "
+                                             "3e-3 for jumprelu).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for splits, init and shuffling.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="Model dtype: float32 or bfloat16.")] = "float32",
 ) -> None:
     """Train ReLU, JumpReLU or TopK SAEs on the model's activations (cached by config)."""
-    from steerscreen.saes.training import TrainConfig, config_variants, train_saes
+    from steerscreen.saes.training import config_variants, train_saes
 
     try:
-        base = TrainConfig(model=model, hook=hook, width=width, k=k,
-                           l1_coefficient=l1_coefficient, target_l0=target_l0,
-                           l0_coefficient=l0_coefficient,
-                           tokens=tokens, corpus=corpus, context_len=context_len, epochs=epochs,
-                           batch_size=batch_size, lr=lr, seed=seed, device=device, dtype=dtype)
         archs = [a.strip() for a in arch.split(",") if a.strip()]
-        summaries = train_saes(config_variants(base, archs), out=out,
+        configs = config_variants(
+            archs, model=model, hook=hook, width=width, k=k, l1_coefficient=l1_coefficient,
+            target_l0=target_l0, l0_coefficient=l0_coefficient, tokens=tokens, corpus=corpus,
+            context_len=context_len, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            device=device, dtype=dtype)
+        summaries = train_saes(configs, out=out,
                                log=lambda m: console.print(f"[dim]{m}[/]"))
     except SteerscreenError as e:
         _fail(e)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -52,15 +52,18 @@ class TrainConfig:
     """ReLU: L1 penalty weight (on activations scaled to norm sqrt(d_in))."""
     target_l0: float = 40.0
     """JumpReLU: the L0 its quadratic sparsity loss pulls towards (Gemma Scope 2's loss)."""
-    l0_coefficient: float = 1.0
+    l0_coefficient: float = 5.0
     """JumpReLU: weight of that sparsity loss."""
     jumprelu_loss: Literal["quadratic", "tanh", "step"] = "quadratic"
     """JumpReLU sparsity loss: quadratic around target_l0 (Gemma Scope 2), tanh (Anthropic) or
     step (plain L0, DeepMind)."""
-    jumprelu_ste_to_input: bool = True
+    jumprelu_ste_to_input: bool = False
     """JumpReLU: let the sparsity gradient reach the encoder, not only the thresholds."""
     jumprelu_init_threshold: float = 0.1
     jumprelu_bandwidth: float = 0.1
+    jumprelu_warmup: float = 0.25
+    """JumpReLU: share of training over which the sparsity loss ramps up from 0 (a full-strength
+    quadratic loss at the dense start kills most features at once)."""
     pre_act_loss_coefficient: float | None = None
     tokens: int = 200_000
     """Training tokens (positions >= 1 of contexts from the training documents)."""
@@ -69,7 +72,9 @@ class TrainConfig:
     context_len: int = 128
     epochs: int = 4
     batch_size: int = 1024
-    lr: float = 1e-3
+    lr: float | None = None
+    """Peak learning rate; default 1e-3, and 3e-3 for JumpReLU (its thresholds move ~lr per
+    step, so 1e-3 is too slow for a short budget)."""
     heldout_tokens: int = 20_000
     """Tokens from held-out documents for the evaluation."""
     seed: int = 0
@@ -77,6 +82,8 @@ class TrainConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = 3e-3 if self.arch == "jumprelu" else 1e-3
         if self.arch not in ARCHS:
             raise SpecError(f"unknown SAE architecture {self.arch!r}",
                             f"use one of {', '.join(ARCHS)}")
@@ -155,7 +162,7 @@ def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.T
             yield acts[perm[i:i + batch_size]]
 
 
-def _training_sae(cfg: TrainConfig, d_in: int):
+def _training_sae(cfg: TrainConfig, d_in: int, steps: int):
     from sae_lens import (
         JumpReLUTrainingSAE,
         JumpReLUTrainingSAEConfig,
@@ -178,6 +185,7 @@ def _training_sae(cfg: TrainConfig, d_in: int):
         jumprelu_ste_to_input=cfg.jumprelu_ste_to_input,
         pre_act_loss_coefficient=cfg.pre_act_loss_coefficient,
         jumprelu_init_threshold=cfg.jumprelu_init_threshold,
+        l0_warm_up_steps=int(cfg.jumprelu_warmup * steps),
         jumprelu_bandwidth=cfg.jumprelu_bandwidth, **common))
 
 
@@ -211,13 +219,21 @@ def fit_sae(cfg: TrainConfig, acts: torch.Tensor, model_name: str, hook: str):
     # the scale is folded into the weights afterwards, so the saved SAE reads raw residuals.
     scale = acts.shape[1] ** 0.5 / acts[: 100_000].norm(dim=-1).mean().item()
     acts = acts * scale
-    sae = _training_sae(cfg, acts.shape[1])
+    total = cfg.epochs * (len(acts) // cfg.batch_size) * cfg.batch_size
+    steps = total // cfg.batch_size
+    sae = _training_sae(cfg, acts.shape[1], steps)
     with torch.no_grad():
         # b_dec at the data mean: residual streams have a large mean (massive dimensions), and a
         # zero b_dec lets a few features absorb it while the rest die.
         sae.b_dec.copy_(acts[: 100_000].mean(0))
-    total = cfg.epochs * (len(acts) // cfg.batch_size) * cfg.batch_size
-    steps = total // cfg.batch_size
+        if cfg.arch == "jumprelu":
+            # Start every feature at the target firing rate: thresholds at the (1 - L0/F)
+            # quantile of its own pre-activations. A shared threshold either leaves the SAE
+            # dense or silences most features for good within a short training budget.
+            sample = acts[: 20_000] - sae.b_dec
+            pre = sample @ sae.W_enc + sae.b_enc
+            q = 1.0 - cfg.target_l0 / cfg.width
+            sae.threshold.copy_(torch.quantile(pre, q, dim=0).clamp_min(1e-3))
     window = max(steps // 16, 1)  # a feature silent for 1/16 of training counts as dead (AuxK)
     trainer_cfg = SAETrainerConfig(
         total_training_samples=total, train_batch_size_samples=cfg.batch_size, lr=cfg.lr,
@@ -347,9 +363,10 @@ def _store(cfg: TrainConfig, key: str, sae, metrics: dict, n_ho: int, n_train: i
     return summary
 
 
-def config_variants(cfg: TrainConfig, archs: list[str]) -> list[TrainConfig]:
-    """One config per architecture, sharing everything else."""
-    return [replace(cfg, arch=a) for a in archs]  # type: ignore[arg-type]
+def config_variants(archs: list[str], **fields: object) -> list[TrainConfig]:
+    """One config per architecture, sharing every other field (per-architecture defaults, such
+    as JumpReLU's learning rate, are resolved for each)."""
+    return [TrainConfig(arch=a, **fields) for a in archs]  # type: ignore[arg-type]
 
 
 __all__ = ["ARCHS", "TrainConfig", "TrainSummary", "collect_activations", "config_variants",
