@@ -59,7 +59,6 @@ class TrainConfig:
     step (plain L0, DeepMind)."""
     jumprelu_ste_to_input: bool = False
     """JumpReLU: let the sparsity gradient reach the encoder, not only the thresholds."""
-    jumprelu_init_threshold: float = 0.1
     jumprelu_bandwidth: float = 0.1
     jumprelu_warmup: float = 0.25
     """JumpReLU: share of training over which the sparsity loss ramps up from 0 (a full-strength
@@ -184,7 +183,6 @@ def _training_sae(cfg: TrainConfig, d_in: int, steps: int):
         target_l0=cfg.target_l0 if cfg.jumprelu_loss == "quadratic" else None,
         jumprelu_ste_to_input=cfg.jumprelu_ste_to_input,
         pre_act_loss_coefficient=cfg.pre_act_loss_coefficient,
-        jumprelu_init_threshold=cfg.jumprelu_init_threshold,
         l0_warm_up_steps=int(cfg.jumprelu_warmup * steps),
         jumprelu_bandwidth=cfg.jumprelu_bandwidth, **common))
 
