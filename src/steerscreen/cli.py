@@ -179,10 +179,70 @@ def stats(
         f"{res.alpha:.4g}; {state}\n  -> {escape(str(res.stats_path))}")
 
 
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise SteerscreenError(f"{flag} {text!r} is not a comma-separated list of numbers",
+                               f"pass e.g. {flag} 0.25 or {flag} 0.125,0.25,0.5") from None
+
+
 @app.command()
-def steer() -> None:
-    """Steer a sample of features and measure outcomes (METHOD §2-3)."""
-    _not_yet("steer", 4)
+def steer(
+    run: Annotated[Path, typer.Option(help="Run folder holding a complete stats stage; model, "
+                                      "SAE, hook and corpus come from its manifest.")],
+    downstream_sae: Annotated[str, typer.Option(help="S': SAE at a later hook (a folder from "
+                                                "train-sae, saelens:..., hf:...).")],
+    downstream_hook: Annotated[str | None, typer.Option(help="h' (default: the hook S' "
+                                                        "records).")] = None,
+    features: Annotated[int, typer.Option(help="N features, stratified by base_freq "
+                                          "decile.")] = 512,
+    feature_ids: Annotated[str | None, typer.Option(help="Explicit features instead: "
+                                                    "\"3,17,40\" or a file of ids.")] = None,
+    random_directions: Annotated[int, typer.Option(help="R random null directions.")] = 64,
+    contexts: Annotated[int, typer.Option(help="C steering contexts.")] = 32,
+    fresh_contexts: Annotated[int, typer.Option(help="Fresh contexts (disjoint documents) for "
+                                                "held-out screening.")] = 32,
+    context_len: Annotated[int, typer.Option(help="Tokens per context (BOS included).")] = 64,
+    strengths: Annotated[str | None, typer.Option(help="Strengths s (alpha = s x residual "
+                                                  "norm), comma-separated; default: one "
+                                                  "calibrated s.")] = None,
+    target_kl: Annotated[float, typer.Option(help="Calibration target: mean KL (nats) of "
+                                             "random directions.")] = 0.25,
+    kl_tolerance: Annotated[float, typer.Option(help="Calibration: relative tolerance.")] = 0.05,
+    calibration_contexts: Annotated[int, typer.Option(help="Calibration-split contexts.")] = 16,
+    calibration_directions: Annotated[int, typer.Option(help="Random directions used to "
+                                                        "calibrate.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for features, directions and contexts.")] = 0,
+    batch_rows: Annotated[int | None, typer.Option(help="Steered rows per forward (default: "
+                                                  "from free memory).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    force: Annotated[bool, typer.Option(help="Recompute over a steer stage recorded with "
+                                        "another config.")] = False,
+) -> None:
+    """Steer a sample of features and measure outcomes (METHOD §2-3); resumable."""
+    from steerscreen.steering.stage import SteerConfig, run_steer
+
+    try:
+        cfg = SteerConfig(
+            downstream_sae=downstream_sae, downstream_hook=downstream_hook, features=features,
+            feature_ids=feature_ids, random_directions=random_directions, contexts=contexts,
+            fresh_contexts=fresh_contexts, context_len=context_len,
+            strengths=_floats(strengths, "--strengths"), target_kl=target_kl,
+            kl_tolerance=kl_tolerance, calibration_contexts=calibration_contexts,
+            calibration_directions=calibration_directions, seed=seed, batch_rows=batch_rows,
+            device=device)
+        res = run_steer(cfg, run, force=force,
+                        log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+    except SteerscreenError as e:
+        _fail(e)
+    state = "already complete (skipped)" if res.skipped else f"{res.seconds:.1f} s"
+    doses = ", ".join(f"s = {s:.4g} (alpha = {a:.4g})" for s, a in zip(res.strengths, res.alpha,
+                                                                       strict=True))
+    console.print(f"[bold]steer[/]: {res.n_features} features + {res.n_random} random directions "
+                  f"at {doses}; {state}\n  -> {escape(str(res.outcomes_path))}")
 
 
 @app.command()

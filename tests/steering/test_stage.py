@@ -1,0 +1,213 @@
+"""The steer stage end to end on a tiny model: outcomes against the naive oracle, strength 0,
+batch-size invariance, resume after an interruption, calibration, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from steerscreen.cli import app
+from steerscreen.errors import SteerscreenError
+from steerscreen.runs import RunDir
+from steerscreen.saes import load_sae
+from steerscreen.stats.stage import StatsConfig, run_stats
+from steerscreen.steering import OUTCOME_COLUMNS
+from steerscreen.steering import stage as stage_mod
+from steerscreen.steering.stage import SteerConfig, run_steer
+from tests.steering.naive import naive_outcomes
+from tests.stats.test_stage import CONTEXT_LEN, HOOK, make_corpus, make_sae
+from tests.tiny_models import tiny_model
+
+DOWN_HOOK = "blocks.3.hook_resid_post"
+KW = dict(features=4, random_directions=2, contexts=3, fresh_contexts=2, context_len=10,
+          calibration_contexts=3, calibration_directions=4, shard_directions=2)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("steer")
+    model = tiny_model("llama")
+    model_dir = root / "tiny-llama"
+    model.model.config.save_pretrained(model_dir)
+    corpus = make_corpus(root / "corpus.txt", n_docs=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sae = load_sae(str(make_sae(root / "sae")))
+        down = load_sae(str(make_sae(root / "down", hook=DOWN_HOOK)))
+    stats_cfg = StatsConfig(sae=str(sae.path), model=f"local:{model_dir}",
+                            corpus=f"text:{corpus}", tokens=200, context_len=CONTEXT_LEN,
+                            batch_size=4, reservoir_size=5, n_examples=2, example_window=4,
+                            final_norm_contexts=4, n_components=4)
+    stats_dir = root / "stats"
+    run_stats(stats_cfg, stats_dir, model=model, sae=sae, progress=False)
+    return {"root": root, "model": model, "sae": sae, "down": down, "stats_dir": stats_dir}
+
+
+def fresh_run(base: dict[str, Any], name: str) -> Path:
+    """A copy of the stats-only run folder."""
+    import shutil
+
+    out = base["root"] / name
+    shutil.copytree(base["stats_dir"], out)
+    return out
+
+
+def steer(base: dict[str, Any], out: Path, **kw: Any):
+    cfg = SteerConfig(downstream_sae=str(base["down"].path), **{**KW, **kw})
+    return run_steer(cfg, out, model=base["model"], sae=base["sae"], down=base["down"],
+                     progress=False)
+
+
+@pytest.fixture(scope="module")
+def fixed(base) -> dict[str, Any]:
+    out = fresh_run(base, "fixed")
+    res = steer(base, out, strengths=[0.0, 0.6])
+    return {"out": out, "res": res,
+            "outcomes": pl.read_parquet(out / RunDir.STEERING_OUTCOMES),
+            "gram": pl.read_parquet(out / RunDir.STEERING_GRAM),
+            "contexts": pl.read_parquet(out / RunDir.CONTEXTS)}
+
+
+def test_tables_have_every_row_and_column(fixed) -> None:
+    df = fixed["outcomes"]
+    for col in ("feature", "direction", "strength", "alpha", "context_set", "n_contexts",
+                *OUTCOME_COLUMNS):
+        assert col in df.columns, col
+    # (4 features + 2 random) x 2 strengths x 2 context sets
+    assert df.height == 6 * 2 * 2
+    assert sorted(set(df["feature"].to_list())) == sorted(
+        fixed["res"].run.stage("steer")["results"]["features"] + [-1, -2])
+    assert set(df["direction"].to_list()) == {"feature", "random"}
+    assert (df.filter(pl.col("feature") < 0)["direction"] == "random").all()
+    ctx = fixed["contexts"]
+    assert ctx.group_by("set").len().sort("set").rows() == [("fresh", 2), ("steering", 3)]
+    assert fixed["gram"].height == df.height
+    g = fixed["gram"].filter(pl.col("context_set") == "steering")["gram"].to_list()[0]
+    assert len(g) == 9
+
+
+def test_steering_and_fresh_contexts_use_disjoint_documents(fixed) -> None:
+    ctx = fixed["contexts"]
+    steer_docs = set(ctx.filter(pl.col("set") == "steering")["doc_id"].to_list())
+    fresh_docs = set(ctx.filter(pl.col("set") == "fresh")["doc_id"].to_list())
+    assert steer_docs and fresh_docs and not steer_docs & fresh_docs
+
+
+def test_strength_zero_reproduces_the_clean_run_exactly(fixed) -> None:
+    zero = fixed["outcomes"].filter(pl.col("strength") == 0.0)
+    assert zero.height == 12
+    assert (zero["effect_kl"] == 0.0).all() and (zero["target_gain"] == 0.0).all()
+    assert (zero["n_recruited"] == 0.0).all() and (zero["n_suppressed"] == 0.0).all()
+    assert zero["effect_stability"].is_nan().all()
+    assert zero["collateral_spread"].is_nan().all()
+
+
+def test_outcomes_match_the_naive_oracle(base, fixed) -> None:
+    df = fixed["outcomes"].filter(pl.col("strength") == 0.6)
+    manifest = json.loads((fixed["out"] / RunDir.MANIFEST).read_text())
+    r = manifest["residual_norm"]
+    W = base["sae"].sae.W_dec.detach().double()
+    ctx = fixed["contexts"]
+    from steerscreen.steering.sampling import random_directions
+
+    rand = random_directions(2, W.shape[1], 0).double()
+    unembed = base["model"].unembed()
+    for row in df.iter_rows(named=True):
+        f = row["feature"]
+        v = (W[f] / W[f].norm()) if f >= 0 else rand[-1 - f]
+        ids = np.array(ctx.filter(pl.col("set") == row["context_set"])["token_ids"].to_list())
+        dl = unembed.direct_logits(v.float()[None])[0]
+        tokens = torch.topk(dl, 10).indices.numpy()
+        ref = naive_outcomes(base["model"], base["down"], HOOK, DOWN_HOOK, v.float().numpy(),
+                             row["alpha"], ids, tokens)
+        for col in OUTCOME_COLUMNS:
+            a, b = row[col], ref[col]
+            assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-4,
+                                                                           abs=1e-6), (f, col)
+        assert sorted(row["downstream_targets"]) == sorted(np.asarray(ref["targets"]).tolist())
+        gram = fixed["gram"].filter((pl.col("feature") == f) & (pl.col("strength") == 0.6) & (
+            pl.col("context_set") == row["context_set"]))["gram"].to_list()[0]
+        np.testing.assert_allclose(np.array(gram).reshape(ref["gram"].shape), ref["gram"],
+                                   rtol=1e-4, atol=1e-9)
+
+
+def test_same_numbers_whatever_the_batch_size(base, fixed) -> None:
+    out = fresh_run(base, "batch1")
+    steer(base, out, strengths=[0.0, 0.6], batch_rows=1)
+    a = fixed["outcomes"]
+    b = pl.read_parquet(out / RunDir.STEERING_OUTCOMES)
+    assert a["feature"].to_list() == b["feature"].to_list()
+    for col in OUTCOME_COLUMNS:
+        np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-5, atol=1e-7,
+                                   equal_nan=True, err_msg=col)
+
+
+def test_interrupted_run_resumes_without_recomputing(base, fixed, monkeypatch) -> None:
+    out = fresh_run(base, "resume")
+    real = stage_mod._write_shard
+    calls = {"n": 0}
+
+    def dying(shard_dir, rows):
+        real(shard_dir, rows)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage_mod, "_write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        steer(base, out, strengths=[0.0, 0.6])
+    monkeypatch.setattr(stage_mod, "_write_shard", real)
+    assert RunDir(out).stage("steer")["status"] == "running"
+    done = pl.concat([pl.read_parquet(p) for p in (out / stage_mod.SHARDS).glob("*.parquet")])
+    assert done.height == 6  # 3 shards of 2 directions survived
+    res = steer(base, out, strengths=[0.0, 0.6])
+    assert res.computed_directions == 24 - 6
+    b = pl.read_parquet(out / RunDir.STEERING_OUTCOMES)
+    a = fixed["outcomes"]
+    assert a.select(["feature", "strength", "context_set"]).rows() == b.select(
+        ["feature", "strength", "context_set"]).rows()
+    for col in OUTCOME_COLUMNS:
+        np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy(), err_msg=col)
+    assert not (out / stage_mod.SHARDS).exists()
+    # A complete stage is skipped on a rerun.
+    assert steer(base, out, strengths=[0.0, 0.6]).skipped
+
+
+def test_calibrated_dose_hits_the_target_kl(base) -> None:
+    out = fresh_run(base, "calibrated")
+    res = steer(base, out, target_kl=0.005, fresh_contexts=0, features=2)
+    m = json.loads((out / RunDir.MANIFEST).read_text())
+    cal = m["stages"]["steer"]["results"]["calibration"]
+    assert m["dose_mode"] == "calibrated" and cal["converged"]
+    assert abs(cal["kl"] / 0.005 - 1) <= 0.05
+    assert res.strengths == [cal["strength"]]
+    assert m["alpha"][0] == pytest.approx(cal["strength"] * m["residual_norm"])
+    df = pl.read_parquet(out / RunDir.STEERING_OUTCOMES)
+    assert set(df["context_set"].to_list()) == {"steering"}
+
+
+def test_changed_config_is_refused_without_force(base, fixed) -> None:
+    with pytest.raises(SteerscreenError, match="different config"):
+        steer(base, fixed["out"], strengths=[0.3])
+
+
+def test_steer_needs_a_stats_stage(tmp_path) -> None:
+    res = CliRunner().invoke(app, ["steer", "--run", str(tmp_path / "nothing"),
+                                   "--downstream-sae", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "no complete stats stage" in res.output
+
+
+def test_bad_feature_ids_fail_clearly(base) -> None:
+    out = fresh_run(base, "badids")
+    with pytest.raises(SteerscreenError, match="out of range"):
+        steer(base, out, strengths=[0.5], feature_ids="3,999")
