@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reservoir-size", type=int, default=200)
     ap.add_argument("--coact-size", type=int, default=None)
     ap.add_argument("--max-partners", type=int, default=64)
+    ap.add_argument("--device", default="cpu",
+                    help="device for the geometry part (cuda: the GPU timing, full size)")
     ap.add_argument("--skip-geometry", action="store_true")
     ap.add_argument("--skip-coact", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -126,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="address-space cap (0: none); also capped at the available memory")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
-    limit = cap_memory(args.limit_gib) if args.limit_gib > 0 else None
+    # CUDA reserves a huge address space: no RLIMIT_AS cap on a GPU run.
+    limit = (cap_memory(args.limit_gib) if args.limit_gib > 0 and args.device == "cpu"
+             else None)
 
     f, d = args.features, args.d_model
     q = f if args.query_rows <= 0 else min(args.query_rows, f)
@@ -192,25 +196,37 @@ def run_parts(args, res: dict, gen: torch.Generator, opts: StatsOptions, f: int,
                            torch.arange(8), resid_BTD=z)
         timing: dict = {}
         real = geometry.decoder_neighbours
+        dev = torch.device(args.device)
+        if dev.type == "cuda":
+            W_dec_g, W_enc_g = W_dec.to(dev), W_enc.to(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        else:
+            W_dec_g, W_enc_g = W_dec, W_enc
 
         def sliced(W, **kw):  # the library's tiles, for the first q query rows only
             t0 = time.perf_counter()
             nb = real(W, **kw, query=(0, q))
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
             timing["neighbours_s"] = time.perf_counter() - t0
-            pad = f - q
+            pad, at = f - q, nb.max_cos.device
             return geometry.Neighbours(
-                torch.cat([nb.max_cos, torch.full((pad,), float("nan"))]),
-                torch.cat([nb.top_mean_cos, torch.full((pad,), float("nan"))]),
-                torch.cat([nb.n_above, torch.zeros(pad, dtype=torch.int64)]),
+                torch.cat([nb.max_cos, torch.full((pad,), float("nan"), device=at)]),
+                torch.cat([nb.top_mean_cos, torch.full((pad,), float("nan"), device=at)]),
+                torch.cat([nb.n_above, torch.zeros(pad, dtype=torch.int64, device=at)]),
                 torch.cat([nb.top_idx, torch.zeros((pad, nb.top_idx.shape[1]),
-                                                   dtype=torch.int64)]))
+                                                   dtype=torch.int64, device=at)]))
 
         geometry.decoder_neighbours = sliced
         try:
             with part("geometry", res["parts"]) as rec:
-                geometry.geometry_columns(moments, W_enc, W_dec, block=args.block)
+                geometry.geometry_columns(moments, W_enc_g, W_dec_g, block=args.block)
         finally:
             geometry.decoder_neighbours = real
+        if dev.type == "cuda":
+            rec["device"] = torch.cuda.get_device_name(dev)
+            rec["gpu_peak_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / GiB
+        del W_dec_g, W_enc_g
         rest = rec["seconds"] - timing["neighbours_s"]
         rec |= {"neighbours_measured_s": timing["neighbours_s"], "query_rows": q,
                 "neighbours_extrapolated_s": timing["neighbours_s"] * f / q,

@@ -15,7 +15,7 @@ METHOD_NAMES = [
     "act_skew", "act_kurtosis", "act_p50_rel", "act_p99_rel", "act_early_share",
     "act_token_entropy", "act_burstiness", "act_n_reservoir", "act_low_count", "coact_n_pmi1",
     "coact_max_cond", "coact_partner_entropy", "coact_top10_dec_cos", "logit_entropy",
-    "logit_top10_mass", "logit_kurtosis", "logit_trigger_overlap", "dead", "feature"]
+    "logit_top10_mass", "logit_kurtosis", "logit_trigger_overlap", "dead", "feature", "base_pass"]
 
 
 def test_every_method_column_is_registered_and_documented() -> None:
@@ -28,7 +28,7 @@ def test_groups_follow_prefixes() -> None:
     for group in ("geom", "act", "coact", "logit"):
         assert all(c.name.startswith(group + "_") for c in columns_in_group(group))
     assert {c.name for c in columns_in_group("base", predictors_only=True)} == {
-        "base_freq", "base_mag", "base_direct"}
+        "base_freq", "base_mag", "base_direct", "base_pass"}
 
 
 def test_frequency_tracking_diagnostics_are_not_predictors() -> None:

@@ -23,8 +23,8 @@ from steerscreen.stats.stage import StatsConfig, run_stats
 from steerscreen.steering import OUTCOME_COLUMNS
 from steerscreen.steering import stage as stage_mod
 from steerscreen.steering.stage import SteerConfig, run_steer
-from tests.steering.naive import naive_outcomes
 from tests.stats.test_stage import CONTEXT_LEN, HOOK, make_corpus, make_sae
+from tests.steering.naive import naive_outcomes
 from tests.tiny_models import tiny_model
 
 DOWN_HOOK = "blocks.3.hook_resid_post"
@@ -77,7 +77,7 @@ def fixed(base) -> dict[str, Any]:
             "contexts": pl.read_parquet(out / RunDir.CONTEXTS)}
 
 
-def test_tables_have_every_row_and_column(fixed) -> None:
+def test_tables_have_every_row_and_column(base, fixed) -> None:
     df = fixed["outcomes"]
     for col in ("feature", "direction", "strength", "alpha", "context_set", "n_contexts",
                 *OUTCOME_COLUMNS):
@@ -93,6 +93,21 @@ def test_tables_have_every_row_and_column(fixed) -> None:
     assert fixed["gram"].height == df.height
     g = fixed["gram"].filter(pl.col("context_set") == "steering")["gram"].to_list()[0]
     assert len(g) == 9
+    dose = pl.read_parquet(fixed["out"] / stage_mod.DOSE_STATS)
+    assert dose["feature"].to_list() == list(range(base["sae"].d_sae))
+    assert dose["strength"].unique().to_list() == [0.0]  # the first strength
+    m = json.loads((fixed["out"] / RunDir.MANIFEST).read_text())
+    assert m["stages"]["steer"]["outputs"][stage_mod.DOSE_STATS]["sha256"]
+
+
+def test_dose_stats_at_a_positive_dose(base) -> None:
+    out = fresh_run(base, "dose")
+    steer(base, out, strengths=[0.6], features=2, fresh_contexts=0)
+    dose = pl.read_parquet(out / stage_mod.DOSE_STATS)
+    assert np.isfinite(dose["base_pass"].to_numpy()).mean() > 0.5
+    assert np.isfinite(dose["logit_entropy"].to_numpy()).all()
+    m = json.loads((out / RunDir.MANIFEST).read_text())
+    assert dose["alpha"][0] == pytest.approx(0.6 * m["residual_norm"])
 
 
 def test_steering_and_fresh_contexts_use_disjoint_documents(fixed) -> None:
@@ -113,8 +128,6 @@ def test_strength_zero_reproduces_the_clean_run_exactly(fixed) -> None:
 
 def test_outcomes_match_the_naive_oracle(base, fixed) -> None:
     df = fixed["outcomes"].filter(pl.col("strength") == 0.6)
-    manifest = json.loads((fixed["out"] / RunDir.MANIFEST).read_text())
-    r = manifest["residual_norm"]
     W = base["sae"].sae.W_dec.detach().double()
     ctx = fixed["contexts"]
     from steerscreen.steering.sampling import random_directions

@@ -98,6 +98,13 @@ _c("base_mag", "base", "log10(mean_{a_f > 0}(a_f * s) * ||W_dec[f]||)", "log10 r
    "dead).")
 _c("base_direct", "base", "ln ||DL_f||_2", "ln logit units per unit residual",
    "Size of the trivial direct path from v_f to the logits.")
+_c("base_pass", "base", "ln PR(P), P_g = mean_n |a'_g(x'_n + alpha v_f) - a'_g(x'_n)| "
+   "||W'_dec[g]||, PR(P) = (sum_g P_g)^2 / sum_g P_g^2",
+   "ln count of downstream features",
+   "Passthrough breadth: how many features of the downstream SAE S' adding alpha v_f straight "
+   "at h' would move, on clean stats-split positions x'_n. It needs S' and the steering dose, so "
+   "the steer stage computes it into feature_dose_stats.parquet; it is NaN in "
+   "feature_stats.parquet.")
 
 # --- decoder geometry ---------------------------------------------------------------------------
 _c("geom_max_cos", "geom", "max_{g != f} cos(W_dec[f], W_dec[g])", "cosine",

@@ -50,6 +50,7 @@ def feature_stats(acc: StatsAccumulator, W_enc_DF: torch.Tensor, W_dec_FD: torch
         raise ValueError(f"SAE weights have {W_dec_FD.shape[0]} features, the state {f}")
     cols: dict[str, np.ndarray] = {"feature": np.arange(f, dtype=np.int64)}
     cols |= baseline_columns(acc, W_dec_FD)
+    cols["base_pass"] = np.full(f, np.nan)  # needs S' and the steering dose: the steer stage
     cols |= geometry_columns(acc, W_enc_DF, W_dec_FD, threshold=opts.neighbour_threshold,
                              n_components=opts.n_components, block=opts.block)
     cols |= activation_columns(acc)

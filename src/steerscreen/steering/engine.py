@@ -59,6 +59,7 @@ class CleanCache:
     sqrtp_CTV: torch.Tensor  # sqrt(p), float32
     down_resid_CTD: torch.Tensor | None  # clean residual at h', float32
     down_act_CTG: torch.Tensor | None  # downstream-SAE activations at h', float32
+    batch_rows: int  # rows per forward; steered rows on this cache use the same (exactness)
 
     @property
     def n_contexts(self) -> int:
@@ -152,7 +153,10 @@ class SteeringEngine:
         """Run each context once and cache what the steered rows need."""
         ids = torch.as_tensor(np.asarray(token_ids_CT), dtype=torch.long)
         c, t = ids.shape
-        b = self.batch_rows(c, t)
+        v = self.model.vocab_size
+        g = self.down.d_sae if self.down is not None else 0
+        cache_bytes = 4 * c * t * (2 * v + 2 * self.model.d_model + g)
+        b = self.batch_rows(c, t, reserved=cache_bytes)
         dev = self.model.device
         resid, logp, sqrtp, dres, dact = [], [], [], [], []
         for i in range(0, c, b):
@@ -171,7 +175,7 @@ class SteeringEngine:
                 dact.append(encode(self.down, xr))
         cat = torch.cat
         return CleanCache(ids.to(dev), cat(resid), cat(logp), cat(sqrtp),
-                          cat(dres) if dres else None, cat(dact) if dact else None)
+                          cat(dres) if dres else None, cat(dact) if dact else None, b)
 
     # --- steered rows -------------------------------------------------------------------------
     def target_tokens(self, dirs_KD: torch.Tensor) -> torch.Tensor:
@@ -200,7 +204,7 @@ class SteeringEngine:
         dirs = dirs_KD.to(dev, torch.float32)
         k_all, c = dirs.shape[0], cache.n_contexts
         tokens_K = self.target_tokens(dirs).to(dev)
-        b = self.batch_rows(c, cache.token_ids_CT.shape[1], reserved=cache.nbytes())
+        b = cache.batch_rows
         targets: dict[int, torch.Tensor] = {}
         pending: dict[int, list[RowSums]] = {}
         for batch, kk, ctx in _batches(k_all, c, b, dev):
@@ -214,8 +218,9 @@ class SteeringEngine:
                 ls = logit_sums(logits[j0:j1], cache.logp_CTV[c0:c1], cache.sqrtp_CTV[c0:c1],
                                 tokens_K[k].expand(j1 - j0, -1))
                 ds = self._down_sums(cache, down, j0, j1, c0, c1, targets.get(k))
+                g = cache.down_act_CTG.shape[-1] if cache.down_act_CTG is not None else 0
                 for j in range(j1 - j0):
-                    pending.setdefault(k, []).append(_row(ls, ds, j, cache, self.dec_norm_G))
+                    pending.setdefault(k, []).append(row_sums(ls, ds, j, g))
             del logits, down
             if progress is not None:
                 progress(len(batch))
@@ -255,7 +260,7 @@ class SteeringEngine:
         dev = self.model.device
         dirs = dirs_KD.to(dev, torch.float32)
         c = cache.n_contexts
-        b = self.batch_rows(c, cache.token_ids_CT.shape[1], reserved=cache.nbytes())
+        b = cache.batch_rows
         total = 0.0
         for batch, kk, ctx in _batches(dirs.shape[0], c, b, dev):
             logits, _ = self._steered(cache, ctx, alpha * dirs[kk])
@@ -298,12 +303,13 @@ def _runs(batch: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _row(ls: dict[str, torch.Tensor], ds: dict[str, torch.Tensor] | None, j: int,
-         cache: CleanCache, dec_norm: torch.Tensor | None) -> RowSums:
+def row_sums(ls: dict[str, torch.Tensor], ds: dict[str, torch.Tensor] | None, j: int,
+             d_sae_down: int) -> RowSums:
+    """Row ``j`` of the batched sums of :func:`logit_sums` and :func:`downstream_sums` (``ds``
+    None: no downstream SAE, so its sums are NaN)."""
     nan = float("nan")
     if ds is None:
-        g = cache.down_act_CTG.shape[-1] if cache.down_act_CTG is not None else 0
-        zero = torch.zeros(g, device=ls["d"].device)
+        zero = torch.zeros(d_sae_down, device=ls["d"].device)
         return RowSums(ls["d"][j], ls["e"][j], float(ls["kl"][j]), float(ls["target"][j]),
                        nan, 0, zero, nan, nan, 0, 0)
     return RowSums(ls["d"][j], ls["e"][j], float(ls["kl"][j]), float(ls["target"][j]),

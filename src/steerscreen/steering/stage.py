@@ -13,6 +13,10 @@
    writing finished directions to shards (``steering_shards/``) as they complete;
 5. gathers the shards into ``steering_outcomes.parquet`` and ``steering_gram.parquet``.
 
+At the (first) dose it also writes ``feature_dose_stats.parquet`` for every feature of S:
+``base_pass`` (needs S' and alpha) and ``logit_entropy`` / ``logit_top10_mass`` recomputed at the
+steering alpha (:mod:`.passthrough`); the screening stage takes these over the stats table's.
+
 Interrupted (Ctrl-C, kill, crash), it resumes: a rerun with the same config and inputs reads the
 shards, never recomputes a finished direction, and reuses the recorded calibration. Shards are
 written atomically, so a shard either holds whole directions or does not exist.
@@ -40,10 +44,12 @@ from steerscreen.runs import RunDir, environment
 from steerscreen.saes.io import LoadedSAE, load_sae
 from steerscreen.saes.pairing import validate_pairing
 from steerscreen.stats.geometry import unit_rows
-from steerscreen.stats.stage import describe_sae, model_sha256
+from steerscreen.stats.logits import logit_columns
+from steerscreen.stats.stage import StatsConfig, describe_sae, model_sha256, stats_contexts
 from steerscreen.steering.dose import Calibration, calibrate
 from steerscreen.steering.engine import CleanCache, SteeringEngine
 from steerscreen.steering.outcomes import N_OUT, N_TARGET_TOKENS, N_TARGETS, OUTCOME_COLUMNS
+from steerscreen.steering.passthrough import passthrough_pr, split_encoder
 from steerscreen.steering.sampling import (
     context_sets,
     parse_feature_ids,
@@ -53,6 +59,7 @@ from steerscreen.steering.sampling import (
 
 STAGE = "steer"
 SHARDS = "steering_shards"
+DOSE_STATS = "feature_dose_stats.parquet"
 SETS = ("steering", "fresh")
 _RUNTIME_FIELDS = ("batch_rows", "device", "shard_directions")
 
@@ -93,6 +100,8 @@ class SteerConfig:
     """collateral_out: largest entries of mean_c d_c that count as the main effect."""
     n_target_tokens: int = N_TARGET_TOKENS
     """target_gain: top direct-logit tokens."""
+    pass_positions: int = 256
+    """Clean stats-split positions at h' for base_pass (feature_dose_stats.parquet)."""
     seed: int = 0
     """Seeds the feature sample, the random directions and the context draws."""
     batch_rows: int | None = None
@@ -103,7 +112,8 @@ class SteerConfig:
 
     def __post_init__(self) -> None:
         for name in ("contexts", "context_len", "random_directions", "n_targets", "n_out",
-                     "n_target_tokens", "shard_directions", "calibration_directions"):
+                     "n_target_tokens", "shard_directions", "calibration_directions",
+                     "pass_positions"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be positive, got {getattr(self, name)}",
                                 f"pass a positive --{name.replace('_', '-')}")
@@ -225,6 +235,9 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
     cal = _dose(cfg, run, engine, sets, r, model.d_model, say)
     timings["calibration"] = time.perf_counter() - t
     strengths = [cal.strength] if cal is not None else list(cfg.strengths or [])
+    t = time.perf_counter()
+    dose_info = _dose_stats(cfg, run, model, sae, down, dhp, corpus, sc, strengths[0], r)
+    timings["dose_stats"] = time.perf_counter() - t
 
     done = _done_keys(shard_dir)
     todo = {(name, si): [i for i, d in enumerate(ids) if (int(d), si, name) not in done]
@@ -235,13 +248,14 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
         f"{len(strengths)} strength(s) on {where} contexts of {cfg.context_len} tokens at "
         f"{hp.name}; S' at {dhp.name}"
         + (f" ({len(done)} direction-sets already done)" if done else ""))
-    computed = 0
+    computed, rows_per_forward = 0, None
     t = time.perf_counter()
     with _bar(progress, n_rows) as advance:
         for name in SETS:
             if name not in sets or not any(todo[(name, si)] for si in range(len(strengths))):
                 continue
             cache = engine.clean(sets[name].token_ids)
+            rows_per_forward = cache.batch_rows
             for si, s in enumerate(strengths):
                 idx = todo[(name, si)]
                 if idx:
@@ -254,15 +268,16 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
     outcomes, gram = _gather(shard_dir, ids, strengths, [s for s in SETS if s in sets])
     outputs = {RunDir.STEERING_OUTCOMES: run.write_table(RunDir.STEERING_OUTCOMES, outcomes),
                RunDir.STEERING_GRAM: run.write_table(RunDir.STEERING_GRAM, gram),
-               RunDir.CONTEXTS: {"sha256": _sha(run.file(RunDir.CONTEXTS))}}
+               RunDir.CONTEXTS: {"sha256": _sha(run.file(RunDir.CONTEXTS))},
+               DOSE_STATS: {"sha256": _sha(run.file(DOSE_STATS))}}
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     alphas = [s * r for s in strengths]
     results = {"n_features": len(feats), "n_random": cfg.random_directions,
                "features": feats.tolist(), "strengths": strengths, "alpha": alphas,
                "residual_norm": r, "n_rows": outcomes.height, "computed": computed,
-               "rows_per_forward": engine.batch_rows(cfg.contexts, cfg.context_len),
-               "calibration": _cal_record(cal)}
+               "rows_per_forward": rows_per_forward,
+               "calibration": _cal_record(cal), "dose_stats": dose_info}
     record = run.complete_stage(STAGE, outputs=outputs, timings=timings, results=results, extra={
         "dose_mode": "calibrated" if cal is not None else "fixed", "strengths": strengths,
         "alpha": alphas, "residual_norm": r, "hook": hp.name, "downstream_hook": dhp.name,
@@ -306,6 +321,40 @@ def _dose(cfg: SteerConfig, run: RunDir, engine: SteeringEngine, sets: dict[str,
     run.update_manifest({"stages": {STAGE: {**(run.stage(STAGE) or {}),
                                             "calibration": _cal_record(cal)}}})
     return cal
+
+
+def _dose_stats(cfg: SteerConfig, run: RunDir, model: HookedModel, sae: LoadedSAE,
+                down: LoadedSAE, dhp: HookPoint, corpus, stats_cfg: dict[str, Any],
+                strength: float, r: float) -> dict[str, Any]:
+    """``feature_dose_stats.parquet``: base_pass and the dose-dependent logit columns for every
+    feature of S at the first strength (skipped when a resumed run already wrote them)."""
+    alpha = strength * r
+    path = run.file(DOSE_STATS)
+    if path.is_file():
+        try:
+            old = pl.read_parquet(path)
+            if old.height == sae.d_sae and float(old["alpha"][0]) == alpha:
+                return {"alpha": alpha, "strength": strength, "reused": True}
+        except Exception:  # a damaged file is recomputed
+            pass
+    scfg = StatsConfig(**{**stats_cfg, "tokens": cfg.pass_positions})
+    ctx, _ = stats_contexts(scfg, corpus, model)
+    ids = torch.as_tensor(ctx.token_ids, device=model.device)
+    x = model.forward(ids, read=[dhp], logits=False).acts[dhp.name][:, 1:]
+    x = x.reshape(-1, x.shape[-1])[: cfg.pass_positions].float()
+    W_dec = sae.sae.W_dec.detach().float()
+    base_pass = passthrough_pr(down, x, unit_rows(W_dec), alpha)
+    sigma_fin = float(run.read_manifest()["sigma_fin"])
+    lc = logit_columns(W_dec, model.unembed(), alpha=alpha, sigma_fin=sigma_fin)
+    f = sae.d_sae
+    df = pl.DataFrame({"feature": np.arange(f, dtype=np.int64), "base_pass": base_pass,
+                       "logit_entropy": lc["logit_entropy"],
+                       "logit_top10_mass": lc["logit_top10_mass"],
+                       "strength": np.full(f, strength), "alpha": np.full(f, alpha)})
+    run.write_table(DOSE_STATS, df)
+    return {"alpha": alpha, "strength": strength, "positions": int(x.shape[0]),
+            "sigma_fin": sigma_fin, "fast_path": split_encoder(down) is not None,
+            "reused": False}
 
 
 def _cal_record(cal: Calibration | None) -> dict[str, Any] | None:
