@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context-len", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--chunks", type=int, default=8, help="interleaving chunks")
-    ap.add_argument("--final-norm-contexts", type=int, default=64,
+    ap.add_argument("--final-norm-contexts", type=int, default=32,
                     help="contexts run to the end of the model for sigma_fin (as `stats`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")

@@ -35,8 +35,10 @@ import torch
 from steerscreen.corpus import load_corpus
 from steerscreen.saes.io import LoadedSAE, SAEInput, encode, load_sae
 from steerscreen.stats.geometry import unit_rows
-from steerscreen.steering.engine import SteeringEngine, row_sums
+from steerscreen.steering.engine import SteeringEngine
 from steerscreen.steering.outcomes import (
+    RowSums,
+    clean_terms,
     downstream_sums,
     logit_sums,
     passthrough_response,
@@ -129,19 +131,18 @@ def loop(model, hook, down, down_hook, ids_CT, dirs_KD, alpha, tokens_K, batch) 
             lg_s.append(st.logits[:, 1:])
             d_s.append(st.acts[down_hook][:, 1:].float())
         logp = torch.cat(lp_c)
-        sqrtp = logp.mul(0.5).exp()
         xr = torch.cat(d_c)
         a_c = encode(down, xr)
         P = passthrough_response(lambda z: encode(down, z), xr.flatten(0, 1), a_c.flatten(0, 1),
                                  v[None], alpha, dec_norm)
         tgt = target_set(P)[0]
         c = logp.shape[0]
-        ls = logit_sums(torch.cat(lg_s), logp, sqrtp, tokens_K[k].expand(c, -1))
+        ls = logit_sums(torch.cat(lg_s), logp, clean_terms(logp), tokens_K[k].expand(c, -1))
         mask = torch.zeros(c, a_c.shape[-1], dtype=torch.bool, device=a_c.device)
         mask[:, tgt] = True
         ds = downstream_sums(encode(down, torch.cat(d_s)), a_c, dec_norm, mask)
-        rows = [row_sums(ls, ds, j, a_c.shape[-1]) for j in range(c)]
-        outs.append(reduce_direction(rows, tgt.cpu().numpy(), logp.shape[1]))
+        outs.append(reduce_direction([RowSums.of(ls, ds, a_c.shape[-1])],
+                                     tgt.cpu().numpy(), logp.shape[1]))
     return outs
 
 

@@ -134,7 +134,7 @@ def stats(
     strength: Annotated[float, typer.Option(help="s of the logit dose alpha = s * r, r = median "
                                             "residual norm at the hook.")] = 0.25,
     final_norm_contexts: Annotated[int, typer.Option(help="Contexts run to the end of the "
-                                                     "model for sigma_fin.")] = 64,
+                                                     "model for sigma_fin.")] = 32,
     reservoir_size: Annotated[int, typer.Option(help="R: firings sampled per feature for "
                                                 "shape and co-activation statistics.")] = 200,
     coact_size: Annotated[int | None, typer.Option(help="R_co <= R: reservoir slots that keep "
@@ -246,15 +246,87 @@ def steer(
 
 
 @app.command()
-def fit() -> None:
-    """Fit and validate predictors against the baselines (METHOD §4)."""
-    _not_yet("fit", 5)
+def fit(
+    run: Annotated[Path, typer.Option(help="Run folder with complete stats and steer stages.")],
+    strength: Annotated[float | None, typer.Option(help="Outcomes at this strength (default: "
+                                                   "the first recorded).")] = None,
+    n_splits: Annotated[int, typer.Option(help="K of repeated K-fold CV.")] = 5,
+    n_repeats: Annotated[int, typer.Option(help="Repeats of K-fold CV.")] = 5,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples per CI.")] = 1000,
+    n_permutations: Annotated[int, typer.Option(help="Outcome permutations for the primary "
+                                                "endpoint's permutation test.")] = 200,
+    top_share: Annotated[float, typer.Option(help="Held-out screening: share kept per "
+                                             "fold.")] = 0.2,
+    conformal_level: Annotated[float, typer.Option(help="Coverage of prediction "
+                                                   "intervals.")] = 0.9,
+    seed: Annotated[int, typer.Option(help="Seed for folds, bootstraps, permutations.")] = 0,
+    force: Annotated[bool, typer.Option(help="Recompute over a fit recorded with another "
+                                        "config.")] = False,
+) -> None:
+    """Fit and validate predictors against the baselines (METHOD §4) -> RUN/screening/."""
+    from steerscreen.screening.analysis import FitConfig
+    from steerscreen.screening.stage import run_fit
+
+    try:
+        cfg = FitConfig(strength=strength, n_splits=n_splits, n_repeats=n_repeats,
+                        n_boot=n_boot, n_permutations=n_permutations, top_share=top_share,
+                        conformal_level=conformal_level, seed=seed)
+        res = run_fit(cfg, run, force=force, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+    except SteerscreenError as e:
+        _fail(e)
+    p = res.summary["primary_endpoint"]
+    console.print(
+        f"[bold]fit[/]: primary endpoint ({p['model']}, {p['full']} vs {p['baseline']}, "
+        f"{p['outcome']} on {p['context_set']} contexts): rho {p['rho_full']:.3f} vs "
+        f"{p['rho_baseline']:.3f}, delta {p['delta_rho']:+.3f} [{p['delta_lo']:+.3f}, "
+        f"{p['delta_hi']:+.3f}], p_NB {p['p_nadeau_bengio']:.3g}, p_perm "
+        f"{p['p_permutation']:.3g}")
+    for outcome, verdict in res.summary["verdicts"].items():
+        console.print(f"  {outcome}: {verdict}")
+    console.print(f"  -> {escape(str(res.folder))}/summary.json")
 
 
 @app.command()
-def screen() -> None:
+def screen(
+    predictor: Annotated[Path, typer.Option(help="predictor.json from `steerscreen fit`.")],
+    sae: Annotated[str, typer.Option(help="SAE to screen (folder, saelens:..., hf:...).")],
+    out: Annotated[Path, typer.Option(help="Folder for the stats and screen.parquet/csv.")],
+    model: Annotated[str, typer.Option(help="Model spec.")] = "embedded:smollm2-135m",
+    corpus: Annotated[str, typer.Option(help="Corpus spec.")] = "embedded",
+    hook: Annotated[str | None, typer.Option(help="Hook (default: the SAE's).")] = None,
+    tokens: Annotated[int, typer.Option(help="Stats-pass tokens.")] = 50_000,
+    downstream_sae: Annotated[str | None, typer.Option(help="S' for base_pass (needed when "
+                                                       "the predictor uses it).")] = None,
+    downstream_hook: Annotated[str | None, typer.Option(help="h' of S'.")] = None,
+    top: Annotated[int, typer.Option(help="Rows to print.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the stats pass.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    force: Annotated[bool, typer.Option(help="Recompute a stats stage with another "
+                                        "config.")] = False,
+) -> None:
     """Rank every feature of an SAE by predicted cleanliness, with no steering."""
-    _not_yet("screen", 5)
+    from steerscreen.screening.stage import run_screen
+    from steerscreen.stats.stage import StatsConfig
+
+    try:
+        cfg = StatsConfig(sae=sae, model=model, hook=hook, corpus=corpus, tokens=tokens,
+                          seed=seed, device=device)
+        res = run_screen(predictor, cfg, out, downstream_sae=downstream_sae,
+                         downstream_hook=downstream_hook, force=force,
+                         log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+    except SteerscreenError as e:
+        _fail(e)
+    table = Table(title=f"cleanest {min(top, res.table.height)} of {res.table.height} features")
+    for col in ("rank", "feature", "cleanliness", "90% interval", "stability", "spread",
+                "drivers"):
+        table.add_column(col)
+    for r in res.table.head(top).iter_rows(named=True):
+        table.add_row(str(r["rank"]), str(r["feature"]), f"{r['pred_cleanliness']:+.2f}",
+                      f"[{r['pred_cleanliness_lo']:+.2f}, {r['pred_cleanliness_hi']:+.2f}]",
+                      f"{r['pred_effect_stability']:.3f}", f"{r['pred_collateral_spread']:.2f}",
+                      escape(r["drivers"]))
+    Console().print(table)
+    console.print(f"-> {escape(str(res.parquet))} and {escape(str(res.csv))}")
 
 
 @app.command()

@@ -20,7 +20,7 @@ from steerscreen.errors import SteerscreenError
 from steerscreen.runs import RunDir
 from steerscreen.saes import load_sae
 from steerscreen.stats.stage import StatsConfig, run_stats
-from steerscreen.steering import OUTCOME_COLUMNS
+from steerscreen.steering import OUTCOME_COLUMNS, shards
 from steerscreen.steering import stage as stage_mod
 from steerscreen.steering.stage import SteerConfig, run_steer
 from tests.stats.test_stage import CONTEXT_LEN, HOOK, make_corpus, make_sae
@@ -166,7 +166,7 @@ def test_same_numbers_whatever_the_batch_size(base, fixed) -> None:
 
 def test_interrupted_run_resumes_without_recomputing(base, fixed, monkeypatch) -> None:
     out = fresh_run(base, "resume")
-    real = stage_mod._write_shard
+    real = shards.write_shard
     calls = {"n": 0}
 
     def dying(shard_dir, rows):
@@ -175,10 +175,10 @@ def test_interrupted_run_resumes_without_recomputing(base, fixed, monkeypatch) -
         if calls["n"] == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(stage_mod, "_write_shard", dying)
+    monkeypatch.setattr(shards, "write_shard", dying)
     with pytest.raises(KeyboardInterrupt):
         steer(base, out, strengths=[0.0, 0.6])
-    monkeypatch.setattr(stage_mod, "_write_shard", real)
+    monkeypatch.setattr(shards, "write_shard", real)
     assert RunDir(out).stage("steer")["status"] == "running"
     done = pl.concat([pl.read_parquet(p) for p in (out / stage_mod.SHARDS).glob("*.parquet")])
     assert done.height == 6  # 3 shards of 2 directions survived

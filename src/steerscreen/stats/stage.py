@@ -82,8 +82,9 @@ class StatsConfig:
     """Seeds the document split and the reservoir sampling."""
     strength: float = 0.25
     """s of the logit dose alpha = s * r (METHOD §2)."""
-    final_norm_contexts: int = 64
-    """Contexts run to the end of the model for sigma_fin (the rest stop at the hook)."""
+    final_norm_contexts: int = 32
+    """Contexts run to the end of the model for sigma_fin (the rest stop at the hook); 32 x
+    (T - 1) positions fix a median well."""
     reservoir_size: int = 200
     """R: firings sampled per feature for the shape and co-activation statistics."""
     coact_size: int | None = None
@@ -115,7 +116,7 @@ class StatsConfig:
                             "a context is BOS plus at least one token")
         if self.final_norm_contexts < 1:
             raise SpecError("final_norm_contexts must be >= 1 (sigma_fin needs some positions)",
-                            "pass --final-norm-contexts 64")
+                            "pass --final-norm-contexts 32")
         if not (math.isfinite(self.strength) and self.strength > 0):
             raise SpecError(f"strength must be a positive number, got {self.strength}",
                             "pass e.g. --strength 0.25")

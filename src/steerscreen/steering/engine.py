@@ -41,12 +41,17 @@ from steerscreen.steering.outcomes import (
     N_TARGETS,
     DirectionOutcome,
     RowSums,
+    active,
+    clean_terms,
     downstream_sums,
+    kl_sums,
+    log_probs,
     logit_sums,
     passthrough_response,
     reduce_direction,
     target_set,
 )
+from steerscreen.steering.passthrough import split_encoder
 
 
 @dataclass
@@ -56,10 +61,12 @@ class CleanCache:
     token_ids_CT: torch.Tensor  # int64 [C, T], BOS first
     resid_CTD: torch.Tensor  # raw residual at h, ALL positions, model dtype
     logp_CTV: torch.Tensor  # clean log-probs, float32
-    sqrtp_CTV: torch.Tensor  # sqrt(p), float32
+    terms: dict[str, torch.Tensor]  # per-context constants of logit_sums (clean_terms)
     down_resid_CTD: torch.Tensor | None  # clean residual at h', float32
     down_act_CTG: torch.Tensor | None  # downstream-SAE activations at h', float32
     batch_rows: int  # rows per forward; steered rows on this cache use the same (exactness)
+    down_pre_CTG: torch.Tensor | None = None  # S' pre-activations there (affine encoders)
+    down_on_CTG: torch.Tensor | None = None  # 1.0 where the clean S' activation is on
 
     @property
     def n_contexts(self) -> int:
@@ -72,8 +79,12 @@ class CleanCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (
-            self.token_ids_CT, self.resid_CTD, self.logp_CTV, self.sqrtp_CTV,
-            self.down_resid_CTD, self.down_act_CTG) if t is not None)
+            self.token_ids_CT, self.resid_CTD, self.logp_CTV, *self.terms.values(),
+            self.down_resid_CTD, self.down_act_CTG, self.down_pre_CTG, self.down_on_CTG)
+            if t is not None)
+
+    def terms_at(self, c0: int, c1: int) -> dict[str, torch.Tensor]:
+        return {k: v[c0:c1] for k, v in self.terms.items()}
 
 
 def available_bytes(device: torch.device) -> int:
@@ -133,6 +144,7 @@ class SteeringEngine:
         self.unembed = model.unembed()
         self.dec_norm_G = (down.sae.W_dec.detach().float().norm(dim=1)
                            if down is not None else None)
+        self.split = split_encoder(down) if down is not None else None
 
     # --- sizes --------------------------------------------------------------------------------
     def batch_rows(self, n_contexts: int, context_len: int, reserved: int = 0) -> int:
@@ -158,7 +170,7 @@ class SteeringEngine:
         cache_bytes = 4 * c * t * (2 * v + 2 * self.model.d_model + g)
         b = self.batch_rows(c, t, reserved=cache_bytes)
         dev = self.model.device
-        resid, logp, sqrtp, dres, dact = [], [], [], [], []
+        resid, logp, dres, dact = [], [], [], []
         for i in range(0, c, b):
             n = min(b, c - i)
             x = ids[torch.arange(i, i + b) % c].to(dev)  # b rows; tiles the contexts if b > C
@@ -166,16 +178,19 @@ class SteeringEngine:
             # The clean logits take the same start_at path as the steered rows.
             out = self.model.forward(x, read=self._reads(), start_at=(self.hook, h))
             resid.append(h[:n])
-            lp = torch.log_softmax(out.logits[:n, 1:].float(), dim=-1)  # type: ignore[index]
-            logp.append(lp)
-            sqrtp.append(lp.mul(0.5).exp_())
+            z = out.logits[:n, 1:].float()  # type: ignore[index]
+            logp.append(log_probs(z, torch.empty_like(z), torch.empty_like(z)))
             if self.down is not None:
                 xr = out.acts[self.down_hook.name][:n, 1:].float()  # type: ignore[union-attr]
                 dres.append(xr)
                 dact.append(encode(self.down, xr))
         cat = torch.cat
-        return CleanCache(ids.to(dev), cat(resid), cat(logp), cat(sqrtp),
-                          cat(dres) if dres else None, cat(dact) if dact else None, b)
+        lp_all = cat(logp)
+        x_down = cat(dres) if dres else None
+        pre = self.split.pre(x_down) if self.split is not None and x_down is not None else None
+        a_down = cat(dact) if dact else None
+        return CleanCache(ids.to(dev), cat(resid), lp_all, clean_terms(lp_all), x_down, a_down,
+                          b, pre, active(a_down) if a_down is not None else None)
 
     # --- steered rows -------------------------------------------------------------------------
     def target_tokens(self, dirs_KD: torch.Tensor) -> torch.Tensor:
@@ -207,6 +222,9 @@ class SteeringEngine:
         b = cache.batch_rows
         targets: dict[int, torch.Tensor] = {}
         pending: dict[int, list[RowSums]] = {}
+        shape = (b, cache.positions, cache.logp_CTV.shape[-1])
+        work = (torch.empty(shape, device=dev), torch.empty(shape, device=dev))
+        g = cache.down_act_CTG.shape[-1] if cache.down_act_CTG is not None else 0
         for batch, kk, ctx in _batches(k_all, c, b, dev):
             ks = sorted({k for k, _ in batch if k not in targets})
             if self.down is not None and ks:
@@ -215,17 +233,15 @@ class SteeringEngine:
             for j0, j1 in _runs(batch):
                 k, c0 = batch[j0]
                 c1 = c0 + (j1 - j0)
-                ls = logit_sums(logits[j0:j1], cache.logp_CTV[c0:c1], cache.sqrtp_CTV[c0:c1],
-                                tokens_K[k].expand(j1 - j0, -1))
+                ls = logit_sums(logits[j0:j1], cache.logp_CTV[c0:c1], cache.terms_at(c0, c1),
+                                tokens_K[k].expand(j1 - j0, -1), work)
                 ds = self._down_sums(cache, down, j0, j1, c0, c1, targets.get(k))
-                g = cache.down_act_CTG.shape[-1] if cache.down_act_CTG is not None else 0
-                for j in range(j1 - j0):
-                    pending.setdefault(k, []).append(row_sums(ls, ds, j, g))
+                pending.setdefault(k, []).append(RowSums.of(ls, ds, g))
             del logits, down
             if progress is not None:
                 progress(len(batch))
             for k in sorted(pending):
-                if len(pending[k]) == c:
+                if sum(p.n for p in pending[k]) == c:
                     tgt = targets.get(k)
                     t_np = tgt.cpu().numpy() if tgt is not None else np.zeros(0, np.int64)
                     yield k, reduce_direction(pending.pop(k), t_np, cache.positions,
@@ -236,10 +252,12 @@ class SteeringEngine:
                  ) -> dict[int, torch.Tensor]:
         assert cache.down_resid_CTD is not None and cache.down_act_CTG is not None
         d, g = cache.down_resid_CTD.shape[-1], cache.down_act_CTG.shape[-1]
+        pre = cache.down_pre_CTG.reshape(-1, g) if cache.down_pre_CTG is not None else None
         P = passthrough_response(lambda x: encode(self.down, x),  # type: ignore[arg-type]
                                  cache.down_resid_CTD.reshape(-1, d),
                                  cache.down_act_CTG.reshape(-1, g), dirs[ks], alpha,
-                                 self.dec_norm_G.to(dirs.device))  # type: ignore[union-attr]
+                                 self.dec_norm_G.to(dirs.device),  # type: ignore[union-attr]
+                                 split=self.split, pre_NG=pre)
         sets = target_set(P, self.n_targets)
         return {k: sets[i] for i, k in enumerate(ks)}
 
@@ -252,7 +270,9 @@ class SteeringEngine:
         mask = torch.zeros(j1 - j0, g, dtype=torch.bool, device=down.device)
         mask[:, tgt] = True
         a = encode(self.down, down[j0:j1].float())  # type: ignore[arg-type]
-        return downstream_sums(a, cache.down_act_CTG[c0:c1], self.dec_norm_G.to(a.device), mask)
+        on = cache.down_on_CTG[c0:c1] if cache.down_on_CTG is not None else None
+        return downstream_sums(a, cache.down_act_CTG[c0:c1], self.dec_norm_G.to(a.device), mask,
+                               on)
 
     @torch.no_grad()
     def mean_kl(self, cache: CleanCache, dirs_KD: torch.Tensor, alpha: float) -> float:
@@ -261,15 +281,16 @@ class SteeringEngine:
         dirs = dirs_KD.to(dev, torch.float32)
         c = cache.n_contexts
         b = cache.batch_rows
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=dev)
+        shape = (b, cache.positions, cache.logp_CTV.shape[-1])
+        work = (torch.empty(shape, device=dev), torch.empty(shape, device=dev))
         for batch, kk, ctx in _batches(dirs.shape[0], c, b, dev):
             logits, _ = self._steered(cache, ctx, alpha * dirs[kk])
             for j0, j1 in _runs(batch):
-                c0 = batch[j0][1]
-                lp = torch.log_softmax(logits[j0:j1].float(), dim=-1)
-                p = cache.sqrtp_CTV[c0:c0 + j1 - j0].square()
-                total += float((p * (cache.logp_CTV[c0:c0 + j1 - j0] - lp)).sum())
-        return total / (dirs.shape[0] * c * cache.positions)
+                c0, c1 = batch[j0][1], batch[j0][1] + j1 - j0
+                total += kl_sums(logits[j0:j1], cache.logp_CTV[c0:c1], cache.terms_at(c0, c1),
+                                 work).sum()
+        return float(total) / (dirs.shape[0] * c * cache.positions)
 
 
 def aligned_rows(b: int, n_contexts: int) -> int:
@@ -301,18 +322,3 @@ def _runs(batch: list[tuple[int, int]]) -> list[tuple[int, int]]:
             out.append((j0, j))
             j0 = j
     return out
-
-
-def row_sums(ls: dict[str, torch.Tensor], ds: dict[str, torch.Tensor] | None, j: int,
-             d_sae_down: int) -> RowSums:
-    """Row ``j`` of the batched sums of :func:`logit_sums` and :func:`downstream_sums` (``ds``
-    None: no downstream SAE, so its sums are NaN)."""
-    nan = float("nan")
-    if ds is None:
-        zero = torch.zeros(d_sae_down, device=ls["d"].device)
-        return RowSums(ls["d"][j], ls["e"][j], float(ls["kl"][j]), float(ls["target"][j]),
-                       nan, 0, zero, nan, nan, 0, 0)
-    return RowSums(ls["d"][j], ls["e"][j], float(ls["kl"][j]), float(ls["target"][j]),
-                   float(ds["log_pr"][j]), int(ds["n_spread"][j]), ds["w"][j],
-                   float(ds["w_out"][j]), float(ds["w_all"][j]), int(ds["recruited"][j]),
-                   int(ds["suppressed"][j]))

@@ -71,37 +71,94 @@ OUTCOME_COLUMNS: dict[str, OutcomeColumn] = {c.name: c for c in (
 
 @dataclass
 class RowSums:
-    """One row's contribution, reduced over positions (tensors stay on the engine's device)."""
+    """The contributions of n consecutive rows (contexts) of one direction, each reduced over
+    positions: leading dimension n. Every field stays on the engine's device, so collecting
+    rows never waits for it."""
 
-    d_V: torch.Tensor  # mean_t g_ct: the context's Fisher effect vector
-    e_V: torch.Tensor  # mean_t of the vocabulary-centred dlogp
-    kl: float  # sum_t KL(p || p')
-    target: float  # sum over t and target tokens of dlogp
-    log_pr: float  # sum over positions with w != 0 of ln PR
-    n_spread: int  # number of such positions
-    w_G: torch.Tensor  # sum_t w_tg (zero on T_f)
-    w_out: float  # sum_(t, g outside T_f) w
-    w_all: float  # sum_(t, all g) w
-    recruited: int
-    suppressed: int
+    d_nV: torch.Tensor  # mean_t g_ct: each context's Fisher effect vector
+    e_nV: torch.Tensor  # mean_t of the vocabulary-centred dlogp
+    kl_n: torch.Tensor  # sum_t KL(p || p')
+    target_n: torch.Tensor  # sum over t and target tokens of dlogp
+    log_pr_n: torch.Tensor  # sum over positions with w != 0 of ln PR
+    n_spread_n: torch.Tensor  # number of such positions
+    w_nG: torch.Tensor  # sum_t w_tg (zero on T_f)
+    w_out_n: torch.Tensor  # sum_(t, g outside T_f) w
+    w_all_n: torch.Tensor  # sum_(t, all g) w
+    recruited_n: torch.Tensor
+    suppressed_n: torch.Tensor
+
+    @classmethod
+    def of(cls, ls: dict[str, torch.Tensor], ds: dict[str, torch.Tensor] | None,
+           d_sae_down: int) -> RowSums:
+        """From :func:`logit_sums` and :func:`downstream_sums` of the same rows (``ds`` None:
+        no downstream SAE, so its sums are NaN)."""
+        if ds is None:
+            n, dev = ls["kl"].shape[0], ls["kl"].device
+            nan = torch.full((n,), math.nan, device=dev)
+            return cls(ls["d"], ls["e"], ls["kl"], ls["target"], nan, nan,
+                       torch.zeros(n, d_sae_down, device=dev), nan, nan, nan, nan)
+        return cls(ls["d"], ls["e"], ls["kl"], ls["target"], ds["log_pr"], ds["n_spread"],
+                   ds["w"], ds["w_out"], ds["w_all"], ds["recruited"], ds["suppressed"])
+
+    @property
+    def n(self) -> int:
+        return int(self.kl_n.shape[0])
 
 
 @torch.no_grad()
-def logit_sums(logits_RTV: torch.Tensor, logp_RTV: torch.Tensor, sqrtp_RTV: torch.Tensor,
-               targets_RK: torch.Tensor) -> dict[str, torch.Tensor]:
+def clean_terms(logp_CTV: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-context constants of :func:`logit_sums`, computed once per clean run: ``sqrtp``."""
+    return {"sqrtp": logp_CTV.mul(0.5).exp_()}
+
+
+Work = tuple[torch.Tensor, torch.Tensor]
+
+
+def _work(shape: tuple[int, ...], device: torch.device, work: Work | None) -> Work:
+    if work is None:
+        return torch.empty(shape, device=device), torch.empty(shape, device=device)
+    return work[0][: shape[0]], work[1][: shape[0]]
+
+
+def log_probs(z: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """log softmax over the last dim into ``out`` (``scratch`` holds the exponentials). The
+    clean log-probs and the steered ones go through this same function, so equal logits give
+    a log-prob change of exactly 0 (strength 0 reproduces the clean run)."""
+    m = z.amax(-1, keepdim=True)
+    torch.sub(z, m, out=out)
+    torch.exp(out, out=scratch)
+    return out.sub_(scratch.sum(-1, keepdim=True).log_())
+
+
+@torch.no_grad()
+def kl_sums(logits_RTV: torch.Tensor, logp_RTV: torch.Tensor, terms: dict[str, torch.Tensor],
+            work: Work | None = None) -> torch.Tensor:
+    """KL(p || p') = -E_p[dlogp] per row and position -> [R, T]."""
+    a, b = _work(tuple(logits_RTV.shape), logits_RTV.device, work)
+    dlogp = log_probs(logits_RTV.float(), a, b).sub_(logp_RTV)
+    u = torch.mul(dlogp, terms["sqrtp"], out=b)
+    return -torch.einsum("rtv,rtv->rt", u, terms["sqrtp"])
+
+
+@torch.no_grad()
+def logit_sums(logits_RTV: torch.Tensor, logp_RTV: torch.Tensor, terms: dict[str, torch.Tensor],
+               targets_RK: torch.Tensor, work: Work | None = None) -> dict[str, torch.Tensor]:
     """Vocabulary-side sums of R rows: ``d`` [R, V], ``e`` [R, V], ``kl`` [R], ``target`` [R].
 
-    ``logits_RTV`` are the steered logits at positions ``t >= 1`` (consumed: overwritten in
-    place to save memory); ``logp``/``sqrtp`` the clean log-probs and ``sqrt(p)`` there.
+    ``logits_RTV``: steered logits at positions ``t >= 1``; ``logp_RTV`` and ``terms``
+    (:func:`clean_terms`): the clean side at the rows' contexts. ``work``: two float32 buffers
+    of at least [R, T, V]; every step writes into them in place, because on CPU a fresh
+    vocabulary-sized tensor per step costs more in page faults than the arithmetic (measured
+    ~5x on this function).
     """
     t = logits_RTV.shape[1]
-    dlogp = torch.log_softmax(logits_RTV.float(), dim=-1)
-    dlogp.sub_(logp_RTV)  # dlogp = log p' - log p
-    u = dlogp * sqrtp_RTV
-    kl_RT = -(u * sqrtp_RTV).sum(-1)  # -E_p[dlogp]
+    a, b = _work(tuple(logits_RTV.shape), logits_RTV.device, work)
+    sqrtp = terms["sqrtp"]
+    dlogp = log_probs(logits_RTV.float(), a, b).sub_(logp_RTV)  # log p' - log p
+    u = torch.mul(dlogp, sqrtp, out=b)
+    kl_RT = -torch.einsum("rtv,rtv->rt", u, sqrtp)  # -E_p[dlogp] = KL(p || p')
     d = u.sum(1)
-    del u
-    d.add_(torch.bmm(kl_RT.unsqueeze(1), sqrtp_RTV).squeeze(1)).div_(t)  # + sqrt(p) * KL
+    d.add_(torch.bmm(kl_RT.unsqueeze(1), sqrtp).squeeze(1)).div_(t)  # + sqrt(p) * KL
     e = dlogp.mean(1)
     e.sub_(e.mean(-1, keepdim=True))
     k = targets_RK.shape[1]
@@ -109,19 +166,31 @@ def logit_sums(logits_RTV: torch.Tensor, logp_RTV: torch.Tensor, sqrtp_RTV: torc
     return {"d": d, "e": e, "kl": kl_RT.sum(1), "target": tgt}
 
 
+def active(a: torch.Tensor) -> torch.Tensor:
+    """1.0 where an SAE activation is on (> 0), else 0.0 (activations are >= 0)."""
+    return torch.sign(a).clamp_min_(0.0)
+
+
 @torch.no_grad()
 def downstream_sums(a_steer_RTG: torch.Tensor, a_clean_RTG: torch.Tensor,
-                    dec_norm_G: torch.Tensor, target_mask_RG: torch.Tensor
-                    ) -> dict[str, torch.Tensor]:
-    """Downstream-SAE sums of R rows; ``target_mask_RG`` is True on each row's T_f."""
-    diff = (a_steer_RTG - a_clean_RTG).abs_().mul_(dec_norm_G)  # w over all g
+                    dec_norm_G: torch.Tensor, target_mask_RG: torch.Tensor,
+                    on_clean_RTG: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Downstream-SAE sums of R rows; ``target_mask_RG`` is True on each row's T_f;
+    ``on_clean_RTG``: :func:`active` of the clean activations, if cached.
+
+    ``a_steer_RTG`` is consumed (overwritten in place)."""
+    # Activity counts as float32 sums and a contraction over g: reducing bool tensors is
+    # ~5x slower on CPU.
+    on_s = active(a_steer_RTG)
+    on_c = active(a_clean_RTG) if on_clean_RTG is None else on_clean_RTG
+    both = torch.einsum("rtg,rtg->rt", on_s, on_c).sum(1)
+    recruited = on_s.sum((1, 2)) - both
+    suppressed = on_c.sum((1, 2)) - both
+    diff = a_steer_RTG.sub_(a_clean_RTG).abs_().mul_(dec_norm_G)  # w over all g
     w_all = diff.sum((1, 2))
-    on_s, on_c = a_steer_RTG > 0, a_clean_RTG > 0
-    recruited = (on_s & ~on_c).sum((1, 2))
-    suppressed = (on_c & ~on_s).sum((1, 2))
     diff.masked_fill_(target_mask_RG.unsqueeze(1), 0.0)  # w: outside T_f only
     s1 = diff.sum(-1)  # [R, T]
-    s2 = diff.square().sum(-1)
+    s2 = torch.einsum("rtg,rtg->rt", diff, diff)
     nz = s2 > 0
     log_pr = torch.where(nz, torch.log(s1.square() / s2.clamp_min(1e-300)), 0.0)
     return {"w": diff.sum(1), "w_out": s1.sum(1), "w_all": w_all, "log_pr": log_pr.sum(1),
@@ -131,16 +200,25 @@ def downstream_sums(a_steer_RTG: torch.Tensor, a_clean_RTG: torch.Tensor,
 @torch.no_grad()
 def passthrough_response(down_encode, down_resid_ND: torch.Tensor, a_clean_NG: torch.Tensor,
                          dirs_KD: torch.Tensor, alpha: float, dec_norm_G: torch.Tensor,
-                         chunk_rows: int = 8192) -> torch.Tensor:
+                         chunk_rows: int = 8192, split=None, pre_NG: torch.Tensor | None = None
+                         ) -> torch.Tensor:
     """P_g per direction -> [K, G]: mean over the N clean positions at h' of
-    ``|a'_g(x' + alpha v) - a'_g(x')| * ||W'_dec[g]||`` (``down_encode`` maps [n, D] -> [n, G])."""
+    ``|a'_g(x' + alpha v) - a'_g(x')| * ||W'_dec[g]||`` (``down_encode`` maps [n, D] -> [n, G]).
+
+    With ``split`` (:func:`~steerscreen.steering.passthrough.split_encoder`) and the clean
+    pre-activations ``pre_NG``, ``a'(x' + alpha v) = act(pre + alpha lin(v))``: no encoder
+    matmul per direction."""
     n = down_resid_ND.shape[0]
     out = torch.zeros(dirs_KD.shape[0], a_clean_NG.shape[1], device=a_clean_NG.device)
     step = max(1, chunk_rows)
     for k in range(dirs_KD.shape[0]):
-        shift = alpha * dirs_KD[k].to(down_resid_ND)
+        v = dirs_KD[k].to(down_resid_ND)
+        lin = alpha * split.lin(v[None])[0] if split is not None and pre_NG is not None else None
         for i in range(0, n, step):
-            a = down_encode(down_resid_ND[i:i + step] + shift)
+            if lin is not None:
+                a = split.act(pre_NG[i:i + step] + lin)
+            else:
+                a = down_encode(down_resid_ND[i:i + step] + alpha * v)
             out[k] += (a - a_clean_NG[i:i + step]).abs_().sum(0)
     return out.div_(n).mul_(dec_norm_G)
 
@@ -153,17 +231,19 @@ def target_set(P_KG: torch.Tensor, n_targets: int = N_TARGETS) -> torch.Tensor:
     return order[:, :n]
 
 
-def _stability(gram: np.ndarray) -> float:
+def _stability(gram: torch.Tensor) -> torch.Tensor:
     c = gram.shape[0]
-    tr = float(np.trace(gram))
-    if c < 2 or not tr > 0:
-        return math.nan
-    return (float(gram.sum()) - tr) / ((c - 1) * tr)
+    tr = torch.trace(gram)
+    nan = torch.full_like(tr, math.nan)
+    if c < 2:
+        return nan
+    return torch.where(tr > 0, (gram.sum() - tr) / ((c - 1) * tr), nan)
 
 
-def _log_pr(w: np.ndarray) -> float:
-    s2 = float(np.square(w).sum())
-    return math.log(float(w.sum()) ** 2 / s2) if s2 > 0 else math.nan
+def _log_pr(w: torch.Tensor) -> torch.Tensor:
+    s2 = w.square().sum()
+    return torch.where(s2 > 0, torch.log(w.sum().square() / s2.clamp_min(1e-300)),
+                       torch.full_like(s2, math.nan))
 
 
 @dataclass
@@ -175,32 +255,39 @@ class DirectionOutcome:
     targets: np.ndarray  # T_f
 
 
-def reduce_direction(rows: list[RowSums], targets: np.ndarray, positions_per_row: int, *,
+@torch.no_grad()
+def reduce_direction(parts: list[RowSums], targets: np.ndarray, positions_per_row: int, *,
                      n_out: int = N_OUT, n_target_tokens: int = N_TARGET_TOKENS
                      ) -> DirectionOutcome:
-    """The outcomes of one direction from the :class:`RowSums` of its C contexts (in order)."""
-    n_pos = len(rows) * positions_per_row
-    d = torch.stack([r.d_V for r in rows]).double().cpu().numpy()  # [C, V]
-    e = torch.stack([r.e_V for r in rows]).double().cpu().numpy()
+    """The outcomes of one direction from the :class:`RowSums` of its C contexts (in context
+    order, in one or more parts). Runs on the rows' device in float64 and copies back only the
+    C x C Gram matrix and the scalars (one transfer)."""
+
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(p, name) for p in parts]).double()
+
+    d, e = cat("d_nV"), cat("e_nV")  # [C, V]
+    n_pos = d.shape[0] * positions_per_row
     gram = d @ d.T
-    m2 = np.square(d.mean(0))
-    tot = float(m2.sum())
-    top = float(np.sort(m2)[-min(n_out, m2.size):].sum())
-    w = torch.stack([r.w_G for r in rows]).double().sum(0).cpu().numpy()
-    n_spread = sum(r.n_spread for r in rows)
-    w_all = sum(r.w_all for r in rows)
-    values = {
+    m2 = d.mean(0).square()
+    tot = m2.sum()
+    top = torch.topk(m2, min(n_out, m2.numel())).values.sum()
+    w = cat("w_nG").sum(0)
+    n_spread, w_all = cat("n_spread_n").sum(), cat("w_all_n").sum()
+    nan = torch.full_like(tot, math.nan)
+    vals = {
         "effect_stability": _stability(gram),
-        "collateral_spread": (sum(r.log_pr for r in rows) / n_spread) if n_spread else math.nan,
-        "collateral_out": 1.0 - top / tot if tot > 0 else math.nan,
-        "effect_kl": sum(r.kl for r in rows) / n_pos,
-        "target_gain": sum(r.target for r in rows) / (n_pos * n_target_tokens),
+        "collateral_spread": torch.where(n_spread > 0, cat("log_pr_n").sum() / n_spread, nan),
+        "collateral_out": torch.where(tot > 0, 1.0 - top / tot, nan),
+        "effect_kl": cat("kl_n").sum() / n_pos,
+        "target_gain": cat("target_n").sum() / (n_pos * n_target_tokens),
         "effect_stability_logit": _stability(e @ e.T),
         "collateral_spread_union": _log_pr(w),
-        "collateral_mass": (sum(r.w_out for r in rows) / w_all) if w_all > 0 else math.nan,
-        "n_recruited": sum(r.recruited for r in rows) / n_pos,
-        "n_suppressed": sum(r.suppressed for r in rows) / n_pos,
-        "n_spread_positions": float(n_spread),
-        "n_positions": float(n_pos),
+        "collateral_mass": torch.where(w_all > 0, cat("w_out_n").sum() / w_all, nan),
+        "n_recruited": cat("recruited_n").sum() / n_pos,
+        "n_suppressed": cat("suppressed_n").sum() / n_pos,
+        "n_spread_positions": n_spread,
     }
-    return DirectionOutcome(values, gram, targets)
+    packed = torch.stack(list(vals.values())).cpu().tolist()
+    values = dict(zip(vals, packed, strict=True)) | {"n_positions": float(n_pos)}
+    return DirectionOutcome(values, gram.cpu().numpy(), targets)

@@ -38,7 +38,7 @@ import polars as pl
 import torch
 
 from steerscreen.corpus import Contexts, load_corpus
-from steerscreen.errors import ArtifactError, SpecError, SteerscreenError
+from steerscreen.errors import SpecError, SteerscreenError
 from steerscreen.models import HookedModel, HookPoint, load_model
 from steerscreen.runs import RunDir, environment
 from steerscreen.saes.io import LoadedSAE, load_sae
@@ -46,9 +46,10 @@ from steerscreen.saes.pairing import validate_pairing
 from steerscreen.stats.geometry import unit_rows
 from steerscreen.stats.logits import logit_columns
 from steerscreen.stats.stage import StatsConfig, describe_sae, model_sha256, stats_contexts
+from steerscreen.steering import shards
 from steerscreen.steering.dose import Calibration, calibrate
 from steerscreen.steering.engine import CleanCache, SteeringEngine
-from steerscreen.steering.outcomes import N_OUT, N_TARGET_TOKENS, N_TARGETS, OUTCOME_COLUMNS
+from steerscreen.steering.outcomes import N_OUT, N_TARGET_TOKENS, N_TARGETS
 from steerscreen.steering.passthrough import passthrough_pr, split_encoder
 from steerscreen.steering.sampling import (
     context_sets,
@@ -217,7 +218,7 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
     dead = stats_table["dead"].to_numpy()[feats]
     if dead.any():
         say(f"{int(dead.sum())} of the requested features never fired in the stats split")
-    dirs = torch.cat([unit_rows(sae.sae.W_dec.detach().float()[torch.as_tensor(feats)]),
+    dirs = torch.cat([unit_rows(sae.sae.W_dec.detach().float().cpu()[torch.as_tensor(feats)]),
                       random_directions(cfg.random_directions, model.d_model, cfg.seed)])
     ids = np.concatenate([feats, -1 - np.arange(cfg.random_directions)])
     r = float(run.read_manifest()["residual_norm"])
@@ -239,7 +240,7 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
     dose_info = _dose_stats(cfg, run, model, sae, down, dhp, corpus, sc, strengths[0], r)
     timings["dose_stats"] = time.perf_counter() - t
 
-    done = _done_keys(shard_dir)
+    done = shards.done_keys(shard_dir)
     todo = {(name, si): [i for i, d in enumerate(ids) if (int(d), si, name) not in done]
             for name in SETS if name in sets for si in range(len(strengths))}
     n_rows = sum(len(v) * len(sets[name]) for (name, _), v in todo.items())
@@ -265,7 +266,7 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
     timings["steer"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    outcomes, gram = _gather(shard_dir, ids, strengths, [s for s in SETS if s in sets])
+    outcomes, gram = shards.gather(shard_dir, ids, strengths, [s for s in SETS if s in sets])
     outputs = {RunDir.STEERING_OUTCOMES: run.write_table(RunDir.STEERING_OUTCOMES, outcomes),
                RunDir.STEERING_GRAM: run.write_table(RunDir.STEERING_GRAM, gram),
                RunDir.CONTEXTS: {"sha256": _sha(run.file(RunDir.CONTEXTS))},
@@ -376,58 +377,11 @@ def _steer_set(engine: SteeringEngine, cache: CleanCache, dirs: torch.Tensor, id
                      "gram": out.gram.reshape(-1).tolist()})
         n += 1
         if len(rows) >= per_shard:
-            _write_shard(shard_dir, rows)
+            shards.write_shard(shard_dir, rows)
             rows = []
     if rows:
-        _write_shard(shard_dir, rows)
+        shards.write_shard(shard_dir, rows)
     return n
-
-
-def _write_shard(shard_dir: Path, rows: list[dict[str, Any]]) -> None:
-    from steerscreen.files import atomic_path
-
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    first = rows[0]
-    name = f"{first['context_set']}-s{first['strength_index']}-{first['feature']:+08d}.parquet"
-    with atomic_path(shard_dir / name) as tmp:
-        pl.DataFrame(rows).write_parquet(tmp)
-
-
-def _read_shards(shard_dir: Path) -> pl.DataFrame | None:
-    frames = []
-    for p in sorted(shard_dir.glob("*.parquet")) if shard_dir.is_dir() else []:
-        try:
-            frames.append(pl.read_parquet(p))
-        except Exception:  # a damaged shard (disk trouble): drop it, its directions rerun
-            p.unlink(missing_ok=True)
-    return pl.concat(frames, how="vertical_relaxed") if frames else None
-
-
-def _done_keys(shard_dir: Path) -> set[tuple[int, int, str]]:
-    df = _read_shards(shard_dir)
-    if df is None:
-        return set()
-    return set(zip(df["feature"].to_list(), df["strength_index"].to_list(),
-                   df["context_set"].to_list(), strict=True))
-
-
-def _gather(shard_dir: Path, ids: np.ndarray, strengths: list[float], sets: list[str]
-            ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    df = _read_shards(shard_dir)
-    want = len(ids) * len(strengths) * len(sets)
-    if df is None or df.unique(["feature", "strength_index", "context_set"]).height != want:
-        raise ArtifactError(f"the steering shards in {str(shard_dir)!r} are incomplete",
-                            "rerun the same steer command to finish them")
-    df = df.unique(["feature", "strength_index", "context_set"], keep="first")
-    order = {int(d): i for i, d in enumerate(ids)}
-    df = (df.with_columns(pl.col("feature").replace_strict(order).alias("_o"),
-                          pl.col("context_set").replace_strict(
-                              {s: i for i, s in enumerate(sets)}).alias("_s"))
-          .sort(["_s", "strength_index", "_o"]).drop(["_o", "_s"]))
-    key = ["feature", "direction", "strength", "alpha", "context_set", "n_contexts"]
-    outcomes = df.select([*key, *OUTCOME_COLUMNS, "downstream_targets"])
-    gram = df.select(["feature", "direction", "strength", "context_set", "n_contexts", "gram"])
-    return outcomes, gram
 
 
 def contexts_frame(sets: dict[str, Contexts]) -> pl.DataFrame:
@@ -460,14 +414,22 @@ class _bar:
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            ProgressColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text("? rows/s" if speed is None else f"{speed:.1f} rows/s", style="cyan")
 
         self.progress = Progress(TextColumn("[bold]steering"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("rows"), TimeElapsedColumn(), TextColumn("ETA"),
-                                 TimeRemainingColumn(), console=Console(stderr=True))
+                                 TextColumn("rows"), Rate(), TimeElapsedColumn(),
+                                 TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=Console(stderr=True))
         self.progress.start()
         task = self.progress.add_task("steer", total=self.total)
         return lambda n: self.progress.advance(task, n)

@@ -1,0 +1,83 @@
+"""The magnitude confound (METHOD §4): does a predictor say more than frequency and magnitude?
+
+- :func:`partial_spearman`: Spearman of a predictor with an outcome controlling for covariates
+  (``base_freq``, ``base_mag``): ranks of both regressed on the covariates' ranks, then the
+  correlation of the residuals; p from the t distribution with n - 2 - k degrees of freedom,
+  95% CI by a bootstrap over features.
+- :func:`residual_targets`: the fold-wise transform for residualised CV: a flexible model of the
+  outcome on the baselines is fit on the training fold and subtracted from both folds' targets.
+- :func:`within_deciles`: Spearman of predictions with outcomes inside each ``base_freq`` decile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from scipy import stats as sps
+from sklearn.base import clone
+
+from steerscreen.screening.cv import spearman
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    return sps.rankdata(x, axis=-1)
+
+
+def _resid(y: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """Residuals of least squares of y on [1, Z] (batched over leading dims of y)."""
+    A = np.column_stack([np.ones(Z.shape[0]), Z])
+    coef, *_ = np.linalg.lstsq(A, y.T, rcond=None)
+    return y - (A @ coef).T
+
+
+def _partial(x: np.ndarray, y: np.ndarray, Z: np.ndarray) -> float:
+    rx, ry = _resid(_rank(x), _rank(Z.T).T), _resid(_rank(y), _rank(Z.T).T)
+    sx, sy = rx.std(), ry.std()
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy)) if sx * sy > 0 \
+        else math.nan
+
+
+def partial_spearman(x: np.ndarray, y: np.ndarray, Z: np.ndarray, *, n_boot: int = 500,
+                     seed: int = 0) -> dict[str, float]:
+    """Partial Spearman of x and y given the columns of Z (rows with any NaN dropped)."""
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(Z).all(1)
+    n, k = int(ok.sum()), Z.shape[1]
+    if n < k + 4 or np.ptp(x[ok]) == 0:
+        return {"rho": math.nan, "lo": math.nan, "hi": math.nan, "p": math.nan, "n": n}
+    xo, yo, Zo = x[ok], y[ok], Z[ok]
+    rho = _partial(xo, yo, Zo)
+    df = n - 2 - k
+    t = rho * math.sqrt(df / max(1e-300, 1 - rho**2)) if abs(rho) < 1 else math.inf
+    p = float(2 * sps.t.sf(abs(t), df))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    vals = np.array([_partial(xo[i], yo[i], Zo[i]) for i in idx])
+    vals = vals[np.isfinite(vals)]
+    lo, hi = ((float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)))
+              if vals.size >= 10 else (math.nan, math.nan))
+    return {"rho": rho, "lo": lo, "hi": hi, "p": p, "n": n}
+
+
+def residual_targets(y: np.ndarray, B: np.ndarray, seed: int = 0
+                     ) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Fold transform: y minus a flexible fit of y on the baselines ``B`` (training fold)."""
+    from steerscreen.screening.models import flexible_baseline
+
+    base = flexible_baseline(seed)
+
+    def transform(tr: np.ndarray, te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok = np.isfinite(y[tr])
+        m = clone(base).fit(B[tr][ok], y[tr][ok])
+        return y[tr] - m.predict(B[tr]), y[te] - m.predict(B[te])
+
+    return transform
+
+
+def within_deciles(pred: np.ndarray, y: np.ndarray, freq: np.ndarray, n_bins: int = 10
+                   ) -> list[float]:
+    """Spearman(pred, y) inside each quantile bin of ``freq`` (NaN where a bin is too small)."""
+    ok = np.isfinite(freq)
+    order = np.argsort(freq[ok], kind="stable")
+    idx = np.flatnonzero(ok)[order]
+    return [spearman(pred[b], y[b]) for b in np.array_split(idx, n_bins)]

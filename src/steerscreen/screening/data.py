@@ -1,0 +1,124 @@
+"""The screening table: one row per steered feature, its predictors and its measured outcomes.
+
+:func:`screening_table` joins ``feature_stats.parquet`` (the predictors, with ``base_pass`` and
+the dose-dependent ``logit_*`` columns taken from ``feature_dose_stats.parquet`` when the steer
+stage wrote it) with ``steering_outcomes.parquet`` at one strength, one column per outcome and
+context set (``effect_stability@fresh`` ...). It also adds METHOD's cleanliness score,
+``z(effect_stability) - z(collateral_spread)`` with z over the feature rows of that context set.
+
+Predictor sets (METHOD §4) are named lists of columns (:func:`predictor_sets`): ``freq``, ``mag``,
+``freq+mag``, ``direct``, ``pass``, ``baselines``, ``full``, each group alone (``geom`` ...) and
+``full-GROUP`` for every group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from steerscreen.errors import ArtifactError
+from steerscreen.runs import RunDir
+from steerscreen.stats.registry import COLUMNS, GROUPS
+
+OUTCOMES = ("effect_stability", "collateral_spread", "cleanliness")
+SIDE_OUTCOMES = ("effect_kl", "target_gain", "collateral_out")
+BASELINES = ("base_freq", "base_mag", "base_direct", "base_pass")
+DOSE_STATS = "feature_dose_stats.parquet"
+_DOSE_COLUMNS = ("base_pass", "logit_entropy", "logit_top10_mass")
+
+
+def predictor_columns(stats: pl.DataFrame) -> list[str]:
+    """Registered predictor columns present in ``stats`` (registry order)."""
+    return [c.name for c in COLUMNS.values() if c.predictor and c.name in stats.columns]
+
+
+def predictor_sets(columns: list[str]) -> dict[str, list[str]]:
+    """METHOD §4's named sets over the available predictor ``columns`` (empty sets dropped)."""
+    have = set(columns)
+
+    def keep(names) -> list[str]:
+        return [c for c in columns if c in set(names) and c in have]
+
+    groups = {g: [c for c in columns if COLUMNS[c].group == g] for g in GROUPS
+              if g not in ("id", "base")}
+    sets = {"freq": keep(["base_freq"]), "mag": keep(["base_mag"]),
+            "freq+mag": keep(["base_freq", "base_mag"]), "direct": keep(["base_direct"]),
+            "pass": keep(["base_pass"]), "baselines": keep(BASELINES), "full": list(columns)}
+    for g, cols in groups.items():
+        sets[g] = cols
+    for g, cols in groups.items():
+        sets[f"full-{g}"] = [c for c in columns if c not in set(cols)]
+    sets["full-baselines"] = [c for c in columns if c not in set(BASELINES)]
+    return {k: v for k, v in sets.items() if v}
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """(x - mean) / sd over finite entries (NaN stays NaN); zeros when sd is 0."""
+    ok = np.isfinite(x)
+    out = np.full(x.shape, np.nan)
+    if ok.sum() == 0:
+        return out
+    sd = x[ok].std()
+    out[ok] = (x[ok] - x[ok].mean()) / sd if sd > 0 else 0.0
+    return out
+
+
+@dataclass
+class ScreeningData:
+    """Predictors and outcomes of the steered features of one run, aligned by row."""
+
+    table: pl.DataFrame  # feature, predictors..., OUTCOME@SET columns
+    predictors: list[str]
+    context_sets: list[str]
+    strength: float
+    random: pl.DataFrame  # random-direction outcome rows at the same strength
+
+    def outcome(self, name: str, context_set: str) -> np.ndarray:
+        return self.table[f"{name}@{context_set}"].to_numpy().astype(np.float64)
+
+    def X(self, columns: list[str]) -> np.ndarray:
+        return self.table.select(columns).to_numpy().astype(np.float64)
+
+    @property
+    def primary_set(self) -> str:
+        """Fresh contexts when the run has them (METHOD's primary endpoint)."""
+        return "fresh" if "fresh" in self.context_sets else self.context_sets[0]
+
+
+def load_stats(run: RunDir) -> pl.DataFrame:
+    """``feature_stats`` with the steer stage's dose-dependent columns swapped in."""
+    stats = run.read_table(RunDir.FEATURE_STATS)
+    if run.file(DOSE_STATS).is_file():
+        dose = run.read_table(DOSE_STATS).select(["feature", *_DOSE_COLUMNS])
+        stats = stats.drop([c for c in _DOSE_COLUMNS if c in stats.columns]).join(
+            dose, on="feature", how="left")
+    return stats
+
+
+def screening_table(run: RunDir, strength: float | None = None) -> ScreeningData:
+    """Join the run's predictors and outcomes (``strength``: default the first recorded)."""
+    outcomes = run.read_table(RunDir.STEERING_OUTCOMES)
+    strengths = sorted(set(outcomes["strength"].to_list()))
+    if strength is None:
+        strength = float(run.read_manifest().get("strengths", strengths)[0])
+    if strength not in strengths:
+        raise ArtifactError(f"the run has no outcomes at strength {strength} (it has "
+                            f"{strengths})", "pass one of the recorded strengths")
+    at = outcomes.filter(pl.col("strength") == strength)
+    stats = load_stats(run)
+    preds = predictor_columns(stats)
+    feats = at.filter(pl.col("direction") == "feature")
+    sets = [s for s in ("steering", "fresh") if s in set(feats["context_set"].to_list())]
+    table = stats.select(["feature", *preds])
+    for s in sets:
+        part = feats.filter(pl.col("context_set") == s).select(
+            ["feature", *[pl.col(c).alias(f"{c}@{s}") for c in (*OUTCOMES[:2], *SIDE_OUTCOMES)]])
+        table = table.join(part, on="feature", how="inner")
+    for s in sets:
+        clean = zscore(table[f"effect_stability@{s}"].to_numpy()) - zscore(
+            table[f"collateral_spread@{s}"].to_numpy())
+        table = table.with_columns(pl.Series(f"cleanliness@{s}", clean))
+    random = at.filter(pl.col("direction") == "random")
+    return ScreeningData(table.sort("feature"), preds, sets, float(strength), random)

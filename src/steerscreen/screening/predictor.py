@@ -1,0 +1,160 @@
+"""The fitted predictor: ridge models saved as plain JSON, applied to any stats table.
+
+A :class:`Predictor` holds one standardised ridge model per outcome (``effect_stability``,
+``collateral_spread``, ``cleanliness``) over the ``full`` predictor set, each as numbers only:
+the imputation medians, the scaler's means and scales, the coefficients, the intercept and the
+chosen penalty. No pickle: loading a predictor cannot run code. Each model also carries its
+split-conformal half-width ``q`` (the ``level`` quantile of the absolute cross-validated
+residuals, with the finite-sample correction), so a prediction comes with an interval.
+
+:meth:`Predictor.predict` checks that the stats table has every column the predictor was fit on
+(a clear :class:`~steerscreen.errors.ArtifactError` otherwise) and returns, per feature, the
+three predictions, their intervals and the predictors that drive the cleanliness score most
+(largest |coefficient x standardised value|).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from steerscreen import __version__
+from steerscreen.errors import ArtifactError
+from steerscreen.files import write_json
+from steerscreen.screening.data import OUTCOMES, ScreeningData, predictor_sets
+from steerscreen.screening.models import ridge
+
+FORMAT = "steerscreen-predictor/1"
+
+
+@dataclass
+class LinearModel:
+    """``y = intercept + sum_j coef_j (impute(x_j) - mean_j) / scale_j``."""
+
+    outcome: str
+    medians: list[float]
+    means: list[float]
+    scales: list[float]
+    coef: list[float]
+    intercept: float
+    alpha: float
+    conformal_q: float
+    conformal_level: float
+    n_train: int
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        med = np.asarray(self.medians)
+        X = np.where(np.isfinite(X), X, med)
+        return (X - np.asarray(self.means)) / np.asarray(self.scales) * np.asarray(self.coef)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.intercept + self.contributions(X).sum(1)
+
+
+@dataclass
+class Predictor:
+    columns: list[str]
+    models: dict[str, LinearModel]
+    context_set: str
+    """The context set whose outcomes the models predict (fresh, when the run had it)."""
+    dose: dict[str, float]
+    """strength (s), residual_norm (r) and alpha of the training run."""
+    trained_on: dict[str, Any]
+    versions: dict[str, str] = field(default_factory=lambda: {"steerscreen": __version__})
+    format: str = FORMAT
+
+    def save(self, path: str | Path) -> Path:
+        write_json(path, asdict(self))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        p = Path(path)
+        try:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+            if raw.get("format") != FORMAT:
+                raise ValueError(f"format {raw.get('format')!r}, expected {FORMAT!r}")
+            models = {k: LinearModel(**v) for k, v in raw["models"].items()}
+            for m in models.values():
+                if not (len(m.medians) == len(m.means) == len(m.scales) == len(m.coef)
+                        == len(raw["columns"])):
+                    raise ValueError(f"model {m.outcome!r} does not match the column list")
+            return cls(columns=list(raw["columns"]), models=models,
+                       context_set=raw["context_set"], dose=dict(raw["dose"]),
+                       trained_on=dict(raw.get("trained_on", {})),
+                       versions=dict(raw.get("versions", {})), format=raw["format"])
+        except FileNotFoundError:
+            raise ArtifactError(f"predictor file {str(p)!r} does not exist",
+                                "pass the predictor.json that `steerscreen fit` wrote "
+                                "(RUN/screening/predictor.json)") from None
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{str(p)!r} is not a steerscreen predictor ({e})",
+                                "pass the predictor.json that `steerscreen fit` wrote") from e
+
+    def check_columns(self, stats: pl.DataFrame) -> None:
+        missing = [c for c in self.columns if c not in stats.columns]
+        if missing:
+            raise ArtifactError(
+                f"the stats table lacks {len(missing)} column(s) the predictor was fit on: "
+                f"{', '.join(missing[:8])}",
+                "compute the statistics with the same steerscreen version (and, for "
+                "base_pass, a downstream SAE), or refit the predictor on this table's columns")
+
+    def predict(self, stats: pl.DataFrame, n_drivers: int = 3) -> pl.DataFrame:
+        """Per feature: predictions, conformal intervals and the top cleanliness drivers."""
+        self.check_columns(stats)
+        X = stats.select(self.columns).to_numpy().astype(np.float64)
+        out: dict[str, Any] = {"feature": stats["feature"].to_numpy()}
+        if "dead" in stats.columns:
+            out["dead"] = stats["dead"].to_numpy()
+        for name, m in self.models.items():
+            y = m.predict(X)
+            out[f"pred_{name}"] = y
+            out[f"pred_{name}_lo"] = y - m.conformal_q
+            out[f"pred_{name}_hi"] = y + m.conformal_q
+        contrib = self.models["cleanliness"].contributions(X)
+        order = np.argsort(-np.abs(contrib), axis=1)[:, :n_drivers]
+        cols = np.asarray(self.columns)
+        out["drivers"] = [
+            ", ".join(f"{cols[j]} {contrib[i, j]:+.2f}" for j in order[i])
+            for i in range(X.shape[0])]
+        return pl.DataFrame(out)
+
+
+def conformal_q(abs_residuals: np.ndarray, level: float) -> float:
+    """Split-conformal half-width: the ceil((n + 1) level) / n quantile of |residuals|."""
+    r = np.sort(abs_residuals[np.isfinite(abs_residuals)])
+    n = r.size
+    if n == 0:
+        return math.nan
+    k = math.ceil((n + 1) * level)
+    return float(r[min(k, n) - 1]) if k <= n else math.inf
+
+
+def fit_predictor(data: ScreeningData, residuals: dict[str, np.ndarray], *, level: float,
+                  dose: dict[str, float], trained_on: dict[str, Any], seed: int = 0
+                  ) -> Predictor:
+    """Ridge on the ``full`` set for every outcome on the primary context set, fit on all
+    steered features; ``residuals``: each outcome's absolute out-of-fold residuals."""
+    cols = predictor_sets(data.predictors)["full"]
+    X = data.X(cols)
+    models = {}
+    for outcome in OUTCOMES:
+        y = data.outcome(outcome, data.primary_set)
+        ok = np.isfinite(y)
+        pipe = ridge(seed).fit(X[ok], y[ok])
+        imp, sc, rg = pipe.named_steps["impute"], pipe.named_steps["scale"], \
+            pipe.named_steps["ridge"]
+        scale = np.where(sc.scale_ > 0, sc.scale_, 1.0)
+        models[outcome] = LinearModel(
+            outcome=outcome, medians=imp.statistics_.tolist(), means=sc.mean_.tolist(),
+            scales=scale.tolist(), coef=rg.coef_.tolist(), intercept=float(rg.intercept_),
+            alpha=float(rg.alpha_), conformal_q=conformal_q(residuals[outcome], level),
+            conformal_level=level, n_train=int(ok.sum()))
+    return Predictor(cols, models, data.primary_set, dose, trained_on)

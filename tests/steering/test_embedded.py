@@ -1,0 +1,66 @@
+"""The steering stage on the embedded model (slow): stats -> steer with small random SAEs at
+layers 12 and 16 of SmolLM2, strength 0 exact, and the outcomes against the naive oracle."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from steerscreen.models import load_model
+from steerscreen.runs import RunDir
+from steerscreen.saes import load_sae, save_sae
+from steerscreen.stats.stage import StatsConfig, run_stats
+from steerscreen.steering import OUTCOME_COLUMNS
+from steerscreen.steering.stage import SteerConfig, run_steer
+from tests.steering.naive import naive_outcomes
+
+pytestmark = pytest.mark.slow
+HOOK, DOWN = "blocks.12.hook_resid_post", "blocks.16.hook_resid_post"
+
+
+def random_topk(folder, hook: str, seed: int):
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sae = TopKSAE(TopKSAEConfig(d_in=576, d_sae=256, k=16, metadata=SAEMetadata(
+            model_name="smollm2-135m", hook_name=hook)))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(576, 256, generator=g) / 24)
+        sae.W_dec.copy_(torch.randn(256, 576, generator=g) / 24)
+    return save_sae(sae, folder)
+
+
+def test_steer_on_smollm2(tmp_path) -> None:
+    model = load_model("embedded:smollm2-135m")
+    up = load_sae(str(random_topk(tmp_path / "up", HOOK, 1)))
+    down = load_sae(str(random_topk(tmp_path / "down", DOWN, 2)))
+    run = tmp_path / "run"
+    run_stats(StatsConfig(sae=str(up.path), tokens=1500, final_norm_contexts=4,
+                          reservoir_size=20), run, model=model, sae=up, progress=False)
+    cfg = SteerConfig(downstream_sae=str(down.path), features=3, random_directions=1,
+                      contexts=4, fresh_contexts=0, context_len=16, strengths=[0.0, 0.25],
+                      pass_positions=64)
+    run_steer(cfg, run, model=model, sae=up, down=down, progress=False)
+    df = pl.read_parquet(run / RunDir.STEERING_OUTCOMES)
+    zero = df.filter(pl.col("strength") == 0.0)
+    assert (zero["effect_kl"] == 0.0).all() and (zero["target_gain"] == 0.0).all()
+    steered = df.filter(pl.col("strength") == 0.25)
+    assert (steered["effect_kl"] > 0).all()
+    ctx = pl.read_parquet(run / RunDir.CONTEXTS).filter(pl.col("set") == "steering")
+    ids = np.array(ctx["token_ids"].to_list(), dtype=np.int64)
+    row = steered.filter(pl.col("feature") >= 0).row(0, named=True)
+    W = up.sae.W_dec.detach()
+    v = W[row["feature"]] / W[row["feature"]].norm()
+    tokens = torch.topk(model.unembed().direct_logits(v[None])[0], 10).indices.numpy()
+    ref = naive_outcomes(model, down, HOOK, DOWN, v.numpy(), row["alpha"], ids, tokens)
+    for col in OUTCOME_COLUMNS:
+        a, b = row[col], ref[col]
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=2e-3, abs=1e-5), col
