@@ -217,7 +217,7 @@ def test_steer_needs_a_stats_stage(tmp_path) -> None:
     res = CliRunner().invoke(app, ["steer", "--run", str(tmp_path / "nothing"),
                                    "--downstream-sae", str(tmp_path)])
     assert res.exit_code == 2
-    assert "no complete stats stage" in res.output
+    assert "no complete stats stage" in " ".join(res.output.split())
 
 
 def test_bad_feature_ids_fail_clearly(base) -> None:

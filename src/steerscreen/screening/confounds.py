@@ -21,22 +21,28 @@ from sklearn.base import clone
 from steerscreen.screening.cv import spearman
 
 
-def _rank(x: np.ndarray) -> np.ndarray:
-    return sps.rankdata(x, axis=-1)
+def _partial_batch(x: np.ndarray, y: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """Partial Spearman for each row set: x, y [B, n], Z [B, n, k] -> [B].
 
-
-def _resid(y: np.ndarray, Z: np.ndarray) -> np.ndarray:
-    """Residuals of least squares of y on [1, Z] (batched over leading dims of y)."""
-    A = np.column_stack([np.ones(Z.shape[0]), Z])
-    coef, *_ = np.linalg.lstsq(A, y.T, rcond=None)
-    return y - (A @ coef).T
-
-
-def _partial(x: np.ndarray, y: np.ndarray, Z: np.ndarray) -> float:
-    rx, ry = _resid(_rank(x), _rank(Z.T).T), _resid(_rank(y), _rank(Z.T).T)
-    sx, sy = rx.std(), ry.std()
-    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy)) if sx * sy > 0 \
-        else math.nan
+    Ranks of x, y and each covariate, least-squares residuals of the ranks of x and y on
+    [1, ranks of Z] (batched normal equations), then the correlation of the residuals."""
+    rx, ry = sps.rankdata(x, axis=1), sps.rankdata(y, axis=1)
+    rz = sps.rankdata(Z, axis=1)
+    A = np.concatenate([np.ones((*rz.shape[:2], 1)), rz], axis=2)  # [B, n, k+1]
+    AtA = np.einsum("bni,bnj->bij", A, A)
+    rhs = np.stack([np.einsum("bni,bn->bi", A, rx), np.einsum("bni,bn->bi", A, ry)], -1)
+    try:
+        coef = np.linalg.solve(AtA, rhs)  # [B, k+1, 2]
+    except np.linalg.LinAlgError:  # a degenerate resample: solve one by one
+        coef = np.stack([np.linalg.lstsq(AtA[i], rhs[i], rcond=None)[0]
+                         for i in range(A.shape[0])])
+    fit = np.einsum("bni,bij->bnj", A, coef)
+    ex, ey = rx - fit[..., 0], ry - fit[..., 1]
+    ex -= ex.mean(1, keepdims=True)
+    ey -= ey.mean(1, keepdims=True)
+    den = np.sqrt((ex**2).sum(1) * (ey**2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 1e-12, (ex * ey).sum(1) / den, np.nan)
 
 
 def partial_spearman(x: np.ndarray, y: np.ndarray, Z: np.ndarray, *, n_boot: int = 500,
@@ -47,12 +53,12 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, Z: np.ndarray, *, n_boot: int
     if n < k + 4 or np.ptp(x[ok]) == 0:
         return {"rho": math.nan, "lo": math.nan, "hi": math.nan, "p": math.nan, "n": n}
     xo, yo, Zo = x[ok], y[ok], Z[ok]
-    rho = _partial(xo, yo, Zo)
+    rho = float(_partial_batch(xo[None], yo[None], Zo[None])[0])
     df = n - 2 - k
     t = rho * math.sqrt(df / max(1e-300, 1 - rho**2)) if abs(rho) < 1 else math.inf
-    p = float(2 * sps.t.sf(abs(t), df))
+    p = float(2 * sps.t.sf(abs(t), df)) if math.isfinite(rho) else math.nan
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    vals = np.array([_partial(xo[i], yo[i], Zo[i]) for i in idx])
+    vals = _partial_batch(xo[idx], yo[idx], Zo[idx])
     vals = vals[np.isfinite(vals)]
     lo, hi = ((float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)))
               if vals.size >= 10 else (math.nan, math.nan))
