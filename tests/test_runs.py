@@ -87,3 +87,17 @@ def test_manifest_is_strict_json(tmp_path: Path) -> None:
     run.update_manifest({"sigma": float("nan"), "nested": {"r": float("inf"), "ok": 1.5}})
     m = json.loads(run.manifest_path.read_text(), parse_constant=lambda c: pytest.fail(c))
     assert m["sigma"] is None and m["nested"] == {"r": None, "ok": 1.5}
+
+
+def test_a_stale_stage_reruns_without_force(tmp_path):
+    from steerscreen.runs import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.begin_stage("a", {"x": 1}, {})
+    run.complete_stage("a", outputs={}, timings={})
+    run.begin_stage("b", {"y": 1}, {}, depends_on=["a"])
+    run.complete_stage("b", outputs={}, timings={})
+    run.begin_stage("a", {"x": 2}, {})  # recomputed with another config: b goes stale
+    assert run.stage("b")["status"] == "stale"
+    check = run.check_stage("b", {"y": 2}, inputs={"new": 1})
+    assert check.action == "run" and "stale" in check.reason

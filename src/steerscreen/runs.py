@@ -159,6 +159,9 @@ class RunDir:
         record = self.stage(name)
         if record is None:
             return StageCheck("run", f"no {name} stage recorded in {self.path}", None)
+        if record.get("status") == "stale":  # an input stage was recomputed: redo, no --force
+            why = record.get("stale_because", "its inputs changed")
+            return StageCheck("run", f"{name} is stale ({why}): recomputing it", record)
         diffs = _differences(record.get("config", {}), config, "")
         if inputs is not None:
             diffs += _differences(record.get("inputs", {}), inputs, "inputs.")

@@ -109,3 +109,16 @@ def test_corrections_and_corrected_t_test() -> None:
     t, pv = nadeau_bengio(d, 200, 50)
     naive_t = d.mean() / (d.std(ddof=1) / math.sqrt(d.size))
     assert 0 < t < naive_t and pv < 0.05  # the correction widens the naive interval
+
+
+def test_conformal_intervals_cover_new_features_at_the_nominal_rate(planted) -> None:
+    from steerscreen.screening.predictor import fit_predictor
+
+    data = synthetic(planted=True, seed=1)  # the fixture's data
+    pred = fit_predictor(data, planted.residuals, level=0.9, dose={}, trained_on={})
+    new = synthetic(n=3000, planted=True, seed=11)  # unseen features, same process
+    for outcome in ("effect_stability", "collateral_spread"):
+        m = pred.models[outcome]
+        y = new.outcome(outcome, "fresh")
+        cover = np.mean(np.abs(y - m.predict(new.X(pred.columns))) <= m.conformal_q)
+        assert 0.86 <= cover <= 0.95, (outcome, cover)
