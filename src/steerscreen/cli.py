@@ -330,6 +330,34 @@ def screen(
 
 
 @app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders (steer done).")],
+    out: Annotated[Path | None, typer.Option(help="Folder for transfer.parquet and "
+                                             "runs.parquet.")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples per CI.")] = 1000,
+) -> None:
+    """Transfer: fit on each run, evaluate on every other; all runs side by side."""
+    from steerscreen.screening.transfer import compare as run_compare
+
+    try:
+        transfer, per_run = run_compare(list(runs), n_boot=n_boot)
+    except SteerscreenError as e:
+        _fail(e)
+    table = Table(title="transfer: fit on train, Spearman rho on test features")
+    for col in ("train", "test", "outcome", "n", "rho [95% CI]"):
+        table.add_column(col)
+    for r in transfer.iter_rows(named=True):
+        table.add_row(escape(r["train"]), escape(r["test"]), r["outcome"], str(r["n_test"]),
+                      f"{r['rho']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]")
+    Console().print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        transfer.write_parquet(out / "transfer.parquet")
+        per_run.write_parquet(out / "runs.parquet")
+        console.print(f"-> {escape(str(out))}/transfer.parquet, runs.parquet")
+
+
+@app.command()
 def report() -> None:
     """Write the self-contained HTML report of a run or study."""
     _not_yet("report", 6)

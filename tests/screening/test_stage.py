@@ -79,3 +79,20 @@ def test_screen_ranks_every_feature_without_steering(base, fitted, tmp_path) -> 
 def test_fit_needs_a_steer_stage(tmp_path) -> None:
     res = CliRunner().invoke(app, ["fit", "--run", str(tmp_path)])
     assert res.exit_code == 2 and "no complete steer stage" in " ".join(res.output.split())
+
+
+def test_compare_transfers_between_runs(fitted, tmp_path) -> None:
+    import shutil
+
+    from steerscreen.screening.transfer import compare
+
+    other = tmp_path / "other"
+    shutil.copytree(fitted["out"], other)
+    transfer, per_run = compare([fitted["out"], other], n_boot=50)
+    assert transfer.height == 2 * 3  # 2 ordered pairs x 3 outcomes
+    assert np.isfinite(transfer["rho"].to_numpy()).all()
+    assert per_run.height == 2 and "verdict_cleanliness" in per_run.columns
+    res = CliRunner().invoke(app, ["compare", str(fitted["out"]), str(other), "--n-boot", "20",
+                                   "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cmp" / "transfer.parquet").is_file()
