@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from steerscreen.saes.io import LoadedSAE, SAEInput, encode
+from steerscreen.saes.io import LoadedSAE, encode
+from tests.stats.test_collect import make_loaded
 from tests.steering.naive import naive_outcomes
 from tests.tiny_models import D, tiny_ids, tiny_model
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
 F = 48
 HOOK = "blocks.1.hook_resid_post"
@@ -29,19 +28,7 @@ KEYS = {"effect_stability", "gram", "effect_stability_logit", "collateral_spread
 
 
 def tiny_sae(arch: str = "standard", centre: bool = False) -> LoadedSAE:
-    common: dict[str, Any] = dict(d_in=D, d_sae=F)
-    sae: Any = (StandardSAE(StandardSAEConfig(**common)) if arch == "standard"
-                else TopKSAE(TopKSAEConfig(k=5, **common)))
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, p in sae.named_parameters():
-            if name == "b_enc":
-                p.copy_(-0.3 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
-    sae.eval().requires_grad_(False)
-    return LoadedSAE(sae=sae, spec="test", path=None, hook_name=DOWN, model_name=None,
-                     input=SAEInput(centre=centre), sha256="", architecture=arch)
+    return make_loaded(arch, centre=centre)  # the stats tests' tiny SAE (same weights)
 
 
 def unit(seed: int = 0) -> np.ndarray:

@@ -93,17 +93,6 @@ def bootstrap_rows(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def boot_ci(stat: Callable[[np.ndarray], float], idx: np.ndarray, level: float = 0.95
-            ) -> tuple[float, float]:
-    """Percentile CI of ``stat(rows)`` over bootstrap row sets ``idx``."""
-    vals = np.array([stat(i) for i in idx])
-    vals = vals[np.isfinite(vals)]
-    if vals.size < 10:
-        return math.nan, math.nan
-    a = (1 - level) / 2
-    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
-
-
 def nadeau_bengio(diff: np.ndarray, n_train: float, n_test: float) -> tuple[float, float]:
     """Corrected resampled t-test of fold-score differences -> (t, two-sided p)."""
     d = diff[np.isfinite(diff)]
