@@ -6,7 +6,8 @@ uses, it times
   (a) bare  = model forward up to the hook (``logits=False``) + SAE ``encode``, every batch;
   (b) stats = ``collect_stats`` (the same forwards and encodes plus every accumulator, and the
       ``final_norm_contexts`` that run to the end of the model for sigma_fin) + building the
-      ``feature_stats`` and ``feature_examples`` tables.
+      ``feature_stats``, ``feature_examples`` and ``feature_logit_tokens`` tables (as the stage
+      does).
 
 The contexts are cut into ``--chunks`` chunks; each chunk is timed under (a) and (b) back to
 back, alternating which goes first, so both see the same machine state (caches, clocks, other
@@ -34,8 +35,13 @@ from steerscreen.corpus import Contexts, load_corpus
 from steerscreen.models import load_model
 from steerscreen.saes import encode, load_sae, validate_pairing
 from steerscreen.stats.accumulators import StatsAccumulator
-from steerscreen.stats.collect import collect_stats, stats_table
-from steerscreen.stats.stage import StatsConfig, example_rows, stats_contexts
+from steerscreen.stats.collect import collect_stats, stats_tables
+from steerscreen.stats.stage import (
+    StatsConfig,
+    example_rows,
+    logit_token_rows,
+    stats_contexts,
+)
 
 
 def peak_rss_gib() -> float:
@@ -115,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
               f"stats pass {t_pass:.1f} s", flush=True)
     t = time.perf_counter()
     alpha = cfg.strength * acc.residual_norm()
-    table = stats_table(acc, loaded, model, cfg.table_options(alpha))
+    tables = stats_tables(acc, loaded, model, cfg.table_options(alpha))
+    table = tables.stats
     examples = example_rows(acc, ctx, model, cfg.decode_examples)
+    logit_tokens = logit_token_rows(tables.logit_tokens, model)
     t_table = time.perf_counter() - t
     t_stats = t_pass + t_table
     ratio = t_stats / t_bare
@@ -131,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": ratio, "ratio_pass_only": t_pass / t_bare,
         "residual_norm": acc.residual_norm(), "sigma_fin": acc.sigma_fin(),
         "alive": int((~table["dead"]).sum()), "example_rows": examples.height,
+        "logit_token_rows": logit_tokens.height,
         "accumulator_bytes": cfg.options().memory_bytes(
             loaded.d_sae, loaded.d_in, int(acc.final_scales.numel()),
             int(acc.resid_norms.numel())),

@@ -36,12 +36,6 @@ def _fail(err: SteerscreenError) -> None:
     raise typer.Exit(err.exit_code)
 
 
-def _not_yet(stage: str, issue: int) -> None:
-    console.print(f"[bold yellow]{stage}[/] is not implemented yet (tracked in issue #{issue}); "
-                  "nothing was run or written.")
-    raise typer.Exit(2)
-
-
 def _version(value: bool) -> None:
     if value:
         print(f"steerscreen {__version__}")
@@ -358,15 +352,73 @@ def compare(
 
 
 @app.command()
-def report() -> None:
-    """Write the self-contained HTML report of a run or study."""
-    _not_yet("report", 6)
+def report(
+    run: Annotated[Path, typer.Option(help="A run folder (stats, steer, fit) or a study folder "
+                                      "(study.json, runs/NAME/, comparison/).")],
+) -> None:
+    """Write the self-contained HTML report of a run or study (+ figures/, summary.md)."""
+    from steerscreen.report import write_report
+
+    try:
+        res = write_report(run)
+    except SteerscreenError as e:
+        _fail(e)
+    console.print(f"[bold]report[/] ({res.kind}): {len(res.figures)} figures, "
+                  f"{res.seconds:.1f} s\n  -> {escape(str(res.html))}\n  -> "
+                  f"{escape(str(res.summary))}")
 
 
 @app.command()
-def run() -> None:
-    """Run a whole study (train SAEs, stats, steer, fit, compare, report)."""
-    _not_yet("run", 6)
+def run(
+    config: Annotated[Path | None, typer.Option(help="Study config (TOML or YAML; see configs/ "
+                                                "and docs/study.md). Default: the embedded "
+                                                "study (SmolLM2, SAEs trained here).")] = None,
+    preset: Annotated[str | None, typer.Option(help="quick (<= 15 min on 2 CPU cores), default "
+                                               "(<= 90 min) or full (METHOD's sizes; a GPU "
+                                               "job). Overrides the config's preset.")] = None,
+    out: Annotated[Path, typer.Option(help="Study folder (runs/, comparison/, report.html); "
+                                      "rerunning into it resumes.")] = Path("study"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the config, print the "
+                                          "plan and exit (nothing is loaded or written).")]
+    = False,
+    force: Annotated[bool, typer.Option(help="Recompute stages recorded with another "
+                                        "config.")] = False,
+) -> None:
+    """Run a whole study (train SAEs, stats, steer, fit, compare, report); resumable."""
+    from steerscreen.study import describe_plan, load_config, make_plan, run_study
+
+    try:
+        cfg = load_config(config, preset)
+        plan = make_plan(cfg)
+    except SteerscreenError as e:
+        _fail(e)
+    table = Table(title=f"study {escape(cfg.name)}: {escape(cfg.model)}, preset {cfg.preset}, "
+                  f"{len(cfg.saes)} SAEs -> {escape(str(out))}")
+    for col in ("stage", "run", "estimate", "work"):
+        table.add_column(col)
+    from steerscreen.study.plan import format_duration
+
+    for step in plan.steps:
+        table.add_row(step.stage, escape(step.target), format_duration(step.estimate_s),
+                      escape(step.work))
+    Console(stderr=True).print(table)
+    console.print(escape(describe_plan(plan)[-1]))
+    if dry_run:
+        return
+    try:
+        res = run_study(cfg, out, force=force,
+                        log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+    except SteerscreenError as e:
+        _fail(e)
+    total = sum(v for k, v in res.timings.items() if "/" in k or k in (
+        "load_model", "train", "compare", "report"))
+    console.print(f"[bold]study complete[/] in {format_duration(total)}")
+    if res.headline is not None:
+        console.print(f"headline ({escape(res.headline.run)}, cleanliness on fresh contexts):")
+        for line in res.headline.lines():
+            console.print(f"  {escape(line)}")
+    if res.report is not None:
+        console.print(f"report: {escape(str(res.report))}")
 
 
 if __name__ == "__main__":  # pragma: no cover

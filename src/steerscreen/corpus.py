@@ -101,6 +101,27 @@ def load_corpus(spec: str = DEFAULT_SPEC) -> Corpus:
     )
 
 
+def check_corpus_spec(spec: str) -> None:
+    """Validate a corpus spec without reading it (files must exist; hub specs are not fetched).
+    Raises the error ``load_corpus`` would raise for the same mistake."""
+    spec = spec.strip()
+    scheme, _, rest = spec.partition(":")
+    if spec == "embedded":
+        return
+    if scheme in ("text", "jsonl") and rest:
+        path = Path(_split_jsonl_spec(rest)[0] if scheme == "jsonl" else rest)
+        if not path.is_file():
+            raise CorpusError(f"corpus file not found: {path}", "check the path, or use "
+                              "`embedded`")
+        return
+    if scheme == "hf" and rest:
+        _parse_hf(rest)
+        return
+    if spec and Path(spec).is_file():
+        return
+    load_corpus(spec)  # raises the matching error
+
+
 def describe(corpus: Corpus) -> dict[str, Any]:
     """The manifest entry for a corpus."""
     return {

@@ -71,6 +71,10 @@ def environment(device: str | None = None, dtype: str | None = None) -> dict[str
     return env
 
 
+class StageConflict(SteerscreenError):
+    """A run folder already holds this stage with another config or other inputs."""
+
+
 @dataclass(frozen=True)
 class StageCheck:
     """What :meth:`RunDir.check_stage` decided."""
@@ -169,7 +173,7 @@ class RunDir:
             if not force:
                 shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} in all)"
                                                 if len(diffs) > 6 else "")
-                raise SteerscreenError(
+                raise StageConflict(
                     f"{str(self.path)!r} already holds a {name} stage with a different config "
                     f"(recorded -> new: {shown})",
                     f"write to another --out folder, rerun with the recorded config, or pass "

@@ -22,7 +22,7 @@ from steerscreen.errors import SteerscreenError
 from steerscreen.runs import RunDir
 from steerscreen.saes import load_sae, save_sae
 from steerscreen.stats import COLUMNS
-from steerscreen.stats.stage import StatsConfig, run_stats
+from steerscreen.stats.stage import FEATURE_LOGIT_TOKENS, StatsConfig, run_stats
 from tests.tiny_models import D, tiny_model
 
 with warnings.catch_warnings():
@@ -130,7 +130,7 @@ def test_manifest_records_environment_inputs_and_stage(setup) -> None:
     assert st["status"] == "complete"
     assert st["config"] == cfg.record() and "batch_size" not in st["config"]
     assert st["inputs"]["hook"] == HOOK
-    for name in (RunDir.FEATURE_STATS, RunDir.FEATURE_EXAMPLES):
+    for name in (RunDir.FEATURE_STATS, RunDir.FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS):
         digest = hashlib.sha256((out / name).read_bytes()).hexdigest()
         assert st["outputs"][name]["sha256"] == digest
     assert {"pass", "table", "total"} <= set(st["timings_s"])
@@ -221,6 +221,58 @@ def test_examples_are_the_top_firings_with_their_contexts(setup) -> None:
     for f, v in zip(top["feature"], top["value"], strict=True):
         best = max(a[1:, f].max() for a in acts)
         assert v == pytest.approx(best, rel=1e-5)
+
+
+def _top_direct_logits(setup) -> tuple[np.ndarray, np.ndarray]:
+    """torch.topk of W_U^T (gamma v_f), written out from the unembedding's parts."""
+    un = setup["model"].unembed()
+    W = setup["loaded"].sae.W_dec.detach().float()
+    v = W / W.norm(dim=1, keepdim=True)
+    assert not un.centre  # llama: RMSNorm, no centring
+    top = torch.topk((v * un.gain) @ un.W_U, 10, dim=1)
+    return top.indices.numpy(), top.values.double().numpy()
+
+
+def test_logit_tokens_are_each_features_top_direct_logits(setup) -> None:
+    df = pl.read_parquet(setup["out"] / FEATURE_LOGIT_TOKENS)
+    assert df.schema == pl.Schema({"feature": pl.Int64, "rank": pl.Int64, "token_id": pl.Int64,
+                                   "token": pl.String, "dl": pl.Float64})
+    assert df.height == F * 10
+    df = df.sort("feature", "rank")
+    assert df["rank"].to_list() == list(range(10)) * F
+    ids, dl = _top_direct_logits(setup)
+    assert np.array_equal(df["token_id"].to_numpy().reshape(F, 10), ids)
+    np.testing.assert_allclose(df["dl"].to_numpy().reshape(F, 10), dl, rtol=1e-5, atol=1e-6)
+    assert df["token"].is_null().all()  # the tiny model's tokenizer cannot decode
+
+
+class _DecodingTokenizer:
+    def batch_decode(self, seqs):
+        return [" ".join(f"<{i}>" for i in s) for s in seqs]
+
+
+def test_logit_tokens_are_added_to_an_older_complete_stage(setup, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    out = tmp_path / "run"
+    kw = dict(model=setup["model"], sae=setup["loaded"], progress=False)
+    run_stats(setup["cfg"], out, **kw)
+    # A stage recorded before the stage wrote the file: no file, no output entry.
+    (out / FEATURE_LOGIT_TOKENS).unlink()
+    m = json.loads((out / RunDir.MANIFEST).read_text())
+    del m["stages"]["stats"]["outputs"][FEATURE_LOGIT_TOKENS]
+    (out / RunDir.MANIFEST).write_text(json.dumps(m))
+    monkeypatch.setattr(setup["model"], "tokenizer", _DecodingTokenizer())
+    res = run_stats(setup["cfg"], out, **kw)
+    assert res.skipped and res.logit_tokens_path.is_file()
+    df = pl.read_parquet(res.logit_tokens_path).sort("feature", "rank")
+    ids, _ = _top_direct_logits(setup)
+    assert np.array_equal(df["token_id"].to_numpy().reshape(F, 10), ids)
+    assert df["token"].to_list() == [f"<{i}>" for i in ids.reshape(-1)]
+    rec = json.loads((out / RunDir.MANIFEST).read_text())["stages"]["stats"]
+    digest = hashlib.sha256(res.logit_tokens_path.read_bytes()).hexdigest()
+    assert rec["outputs"][FEATURE_LOGIT_TOKENS]["sha256"] == digest
+    assert rec["status"] == "complete" and RunDir.FEATURE_STATS in rec["outputs"]
+    assert run_stats(setup["cfg"], out, **kw).skipped  # and now it is simply complete
 
 
 # --- the guard --------------------------------------------------------------------------------

@@ -360,8 +360,26 @@ def _hub_error(e: Exception, spec: str, offline: bool, where: str) -> Exception:
                          "folder")
 
 
-def _load_release(rest: str, spec: str, device: str, dtype: str) -> LoadedSAE:
-    from sae_lens import SAE
+def check_sae_spec(spec: str) -> None:
+    """Validate an SAE spec without loading weights or touching the network: the scheme, that a
+    local folder exists, that a ``saelens:`` release and id are in SAELens's directory, and the
+    shape of an ``hf:`` spec. Raises the error ``load_sae`` would raise for the same mistake."""
+    spec = spec.strip()
+    scheme, rest = _split_scheme(spec)
+    if scheme is None or scheme == "local":
+        _resolve_local(rest, spec)
+    elif scheme == "saelens":
+        _release_lookup(rest, spec)
+    elif scheme == "hf":
+        if len([p for p in rest.strip().strip("/").split("/") if p]) < 2:
+            raise SpecError(f"SAE spec {spec!r} is not hf:OWNER/REPO[/SUBFOLDER]",
+                            "e.g. hf:jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre")
+    else:
+        load_sae(spec)  # raises the unknown-scheme error
+
+
+def _release_lookup(rest: str, spec: str) -> tuple[str, str, Any]:
+    """(release, sae_id, directory entry) of ``saelens:RELEASE/SAE_ID``, checked offline."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     # SAE ids contain slashes (layer_12/width_16k/canonical); release names never do.
@@ -384,6 +402,13 @@ def _load_release(rest: str, spec: str, device: str, dtype: str) -> LoadedSAE:
         close = difflib.get_close_matches(sae_id, ids, n=3) or ids[:5]
         raise SpecError(f"SAE spec {spec!r}: release {release!r} has no SAE id {sae_id!r}",
                         f"valid ids include {', '.join(close)} ({len(ids)} in all)")
+    return release, sae_id, lookup
+
+
+def _load_release(rest: str, spec: str, device: str, dtype: str) -> LoadedSAE:
+    from sae_lens import SAE
+
+    release, sae_id, lookup = _release_lookup(rest, spec)
     offline = hub_offline()
     try:
         with offline_mode(offline), _quiet_sae_lens():

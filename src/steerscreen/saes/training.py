@@ -60,17 +60,22 @@ class TrainConfig:
     jumprelu_ste_to_input: bool = False
     """JumpReLU: let the sparsity gradient reach the encoder, not only the thresholds."""
     jumprelu_bandwidth: float = 0.1
+    """JumpReLU: bandwidth of the straight-through threshold gradient's kernel."""
     jumprelu_warmup: float = 0.25
     """JumpReLU: share of training over which the sparsity loss ramps up from 0 (a full-strength
     quadratic loss at the dense start kills most features at once)."""
     pre_act_loss_coefficient: float | None = None
+    """JumpReLU: weight of Anthropic's pre-activation loss (None = off)."""
     tokens: int = 200_000
     """Training tokens (positions >= 1 of contexts from the training documents)."""
     corpus: str = "embedded"
     """Corpus spec (see ``steerscreen.corpus.load_corpus``)."""
     context_len: int = 128
+    """Tokens per training context, BOS included (BOS positions are not trained on)."""
     epochs: int = 4
+    """Passes over the training tokens."""
     batch_size: int = 1024
+    """Tokens per optimiser step."""
     lr: float | None = None
     """Peak learning rate; default 1e-3, and 3e-3 for JumpReLU (its thresholds move ~lr per
     step, so 1e-3 is too slow for a short budget)."""

@@ -55,7 +55,9 @@ class FitConfig:
     strength: float | None = None
     """Outcomes at this strength (default: the first the steer stage recorded)."""
     n_splits: int = 5
+    """K of the repeated K-fold CV (grouped by feature)."""
     n_repeats: int = 5
+    """Repeats of the K-fold CV."""
     n_boot: int = 1000
     """Bootstrap resamples for every CI."""
     n_permutations: int = 200
@@ -67,6 +69,7 @@ class FitConfig:
     conformal_level: float = 0.9
     """Coverage of the split-conformal prediction intervals."""
     seed: int = 0
+    """Seeds folds, bootstraps and permutations."""
 
 
 @dataclass

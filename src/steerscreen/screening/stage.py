@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from threadpoolctl import threadpool_limits
 
 from steerscreen.errors import SpecError, SteerscreenError
 from steerscreen.files import write_json
@@ -92,7 +93,10 @@ def run_fit(cfg: FitConfig, run_dir: str | Path, force: bool = False,
     say(f"fitting: {data.table.height} features, {len(data.predictors)} predictors, context "
         f"sets {', '.join(data.context_sets)}, strength {data.strength:g}")
     run.begin_stage(STAGE, record, inputs, depends_on=["stats", "steer"])
-    an = analyse(data, cfg)
+    # Hundreds of small fits: HistGradientBoosting's OpenMP threads cost far more than they
+    # save on a few hundred rows (a tiny study's fit went 75 s -> a few s on 2 cores).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        an = analyse(data, cfg)
     manifest = run.read_manifest()
     r = float(manifest.get("residual_norm", math.nan))
     predictor = fit_predictor(

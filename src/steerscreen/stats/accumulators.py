@@ -286,16 +286,15 @@ class StatsAccumulator:
         self.n_fire += torch.bincount(f, minlength=nf)
         self.n_ctx_fire += torch.bincount(torch.unique(b * nf + f) % nf, minlength=nf)
         # The float64 sums stay the same dense reductions (``sum(dtype=float64)`` reduces
-        # ``a.to(float64)``; a scale of exactly 1 leaves every term, so the sum, unchanged).
-        a64 = a_BTF.double()
-        sum_a = a64.sum((0, 1))
+        # ``a.to(float64)``, bit for bit, without the float64 copy, whose fresh pages cost more
+        # than the sum; a scale of exactly 1 leaves every term, so the sum, unchanged).
+        sum_a = a_BTF.sum((0, 1), dtype=torch.float64)
         self.sum_act += sum_a
         if input_scale_BT is None or bool((input_scale_BT[:, 1:] == 1).all()):
             self.sum_act_raw += sum_a
         else:
             s_BT = input_scale_BT[:, 1:].to(dev, torch.float64)
-            self.sum_act_raw += a64.mul_(s_BT[..., None]).sum((0, 1))
-        del a64
+            self.sum_act_raw += a_BTF.double().mul_(s_BT[..., None]).sum((0, 1))
         if resid_BTD is not None:
             x_ND = resid_BTD[:, 1:].reshape(-1, resid_BTD.shape[-1]).to(dev, torch.float64)
             self.n_resid += x_ND.shape[0]

@@ -17,6 +17,8 @@ import numpy as np
 from steerscreen.stats.accumulators import POS_BITS, StatsAccumulator
 
 EARLY_POSITIONS = 3  # act_early_share counts firings at positions 1..3
+DENSE_FACTOR = 4  # grouped_counts: count on the dense grid when it has <= 4 cells per pair
+DENSE_MIN_CELLS = 1 << 16  # ... or when it is this small anyway
 
 
 class GroupedCounts(NamedTuple):
@@ -27,15 +29,32 @@ class GroupedCounts(NamedTuple):
     count: np.ndarray  # int64 [M]
 
 
-def grouped_counts(group: np.ndarray, value: np.ndarray) -> GroupedCounts:
-    """Count each (group, value) pair; values must be >= 0."""
-    group, value = group.astype(np.int64), value.astype(np.int64)
+def grouped_counts(group: np.ndarray, value: np.ndarray,
+                   n_values: int | None = None) -> GroupedCounts:
+    """Count each (group, value) pair; values must lie in ``0 .. n_values - 1`` (default: up to
+    their maximum).
+
+    Pairs are counted on the combined key ``group * span + value``: by one ``bincount`` over
+    the whole group x value grid when that grid is small next to the number of pairs (at most
+    ``DENSE_FACTOR`` cells per pair: co-activation of F features), else by sorting the keys
+    (trigger tokens: a vocabulary-wide grid). Both give the same sorted pairs and counts.
+    """
+    group, value = np.asarray(group), np.asarray(value)
     if group.size == 0:
         e = np.zeros(0, np.int64)
         return GroupedCounts(e, e, e)
-    span = int(value.max()) + 1
-    pair, count = np.unique(group * span + value, return_counts=True)
-    return GroupedCounts(pair // span, pair % span, count.astype(np.int64))
+    span = int(value.max()) + 1 if n_values is None else int(n_values)
+    key = np.multiply(group, span, dtype=np.int64)
+    key += value
+    cells = (int(group.max()) + 1) * span
+    if cells <= max(DENSE_FACTOR * key.size, DENSE_MIN_CELLS):
+        count = np.bincount(key, minlength=cells)
+        pair = np.flatnonzero(count)
+        count = count[pair]
+    else:
+        pair, count = np.unique(key, return_counts=True)
+    g, v = np.divmod(pair, span)
+    return GroupedCounts(g, v, count.astype(np.int64, copy=False))
 
 
 def miller_madow(gc: GroupedCounts, n_groups: int) -> np.ndarray:
@@ -53,16 +72,27 @@ def miller_madow(gc: GroupedCounts, n_groups: int) -> np.ndarray:
 
 
 def top_by_count(gc: GroupedCounts, n_groups: int, k: int) -> np.ndarray:
-    """Per group, the k values with the largest counts (ties: smaller value) -> [G, k], -1 pad."""
+    """Per group, the k values with the largest counts (ties: smaller value) -> [G, k], -1 pad.
+
+    One sort of the packed keys ``(group, max_count - count, value)`` (distinct, as the pairs
+    are) when they fit in 63 bits, else a ``lexsort`` of the three columns: the same order.
+    """
     out = np.full((n_groups, k), -1, dtype=np.int64)
     if gc.group.size == 0:
         return out
-    order = np.lexsort((gc.value, -gc.count, gc.group))
-    g = gc.group[order]
+    c_max = int(gc.count.max())
+    c_bits, v_bits = c_max.bit_length(), int(gc.value.max()).bit_length()
+    if (n_groups - 1).bit_length() + c_bits + v_bits <= 63:
+        key = (gc.group << (c_bits + v_bits)) | ((c_max - gc.count) << v_bits) | gc.value
+        key.sort()
+        g, value = key >> (c_bits + v_bits), key & ((1 << v_bits) - 1)
+    else:
+        order = np.lexsort((gc.value, -gc.count, gc.group))
+        g, value = gc.group[order], gc.value[order]
     start = np.searchsorted(g, np.arange(n_groups))
     rank = np.arange(g.size) - start[g]
     keep = rank < k
-    out[g[keep], rank[keep]] = gc.value[order][keep]
+    out[g[keep], rank[keep]] = value[keep]
     return out
 
 

@@ -21,7 +21,7 @@ TOP_PARTNERS = 10
 
 def coactivation_columns(acc: StatsAccumulator, W_dec_FD: torch.Tensor, *,
                          pmi_threshold: float = PMI_THRESHOLD, top_partners: int = TOP_PARTNERS,
-                         chunk: int = 4096) -> dict[str, np.ndarray]:
+                         chunk: int = 256) -> dict[str, np.ndarray]:
     """All ``coact_*`` columns (formulas in ``steerscreen.stats.registry``)."""
     nf, r, rc = acc.n_features, acc.options.reservoir_size, acc.options.coact_slots
     n_f = acc.n_fire.cpu().numpy()
@@ -46,17 +46,24 @@ def coactivation_columns(acc: StatsAccumulator, W_dec_FD: torch.Tensor, *,
         slot_ok = np.arange(rc)[None, :] < n_co[sl, None]
         with np.errstate(invalid="ignore"):
             out["coact_truncated_share"][sl] = (trunc & slot_ok).sum(1) / n_co[sl]
-        rows, slots, cols = np.nonzero((parts >= 0) & slot_ok[..., None])
-        g = parts[rows, slots, cols]
-        gc = grouped_counts(rows, g)
         n = f1 - f0
+        # Only full features get these columns (NaN below), and all R_co slots of a full
+        # feature are filled: its partner lists are every entry >= 0 of its block.
+        ok = parts >= 0
+        ok[~full[sl]] = False
+        g = parts[ok]  # row-major: rows ascending
+        rows = np.repeat(np.arange(n), ok.reshape(n, -1).sum(1))
+        del ok
+        gc = grouped_counts(rows, g, n_values=nf)
         f_glob = gc.group + f0
         cond = gc.count / n_co[f_glob]
         with np.errstate(divide="ignore"):
             pmi = np.log(cond / p_g[gc.value])
         out["coact_n_pmi1"][sl] = np.bincount(gc.group, weights=(pmi > pmi_threshold),
                                               minlength=n)
-        np.maximum.at(out["coact_max_cond"][sl], gc.group, cond)
+        if gc.group.size:  # pairs are sorted by row: the max over each row's run (cond > 0)
+            first = np.flatnonzero(np.r_[True, gc.group[1:] != gc.group[:-1]])
+            out["coact_max_cond"][sl][gc.group[first]] = np.maximum.reduceat(cond, first)
         out["coact_partner_entropy"][sl] = miller_madow(gc, n)
 
         top = top_by_count(gc, n, top_partners)  # [n, top] partner ids, -1 pad

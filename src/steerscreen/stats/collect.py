@@ -24,7 +24,7 @@ from steerscreen.corpus import Contexts
 from steerscreen.models.hooks import HookedModel, HookPoint
 from steerscreen.saes.io import LoadedSAE, encode
 from steerscreen.stats.accumulators import StatsAccumulator, StatsOptions
-from steerscreen.stats.table import TableOptions, feature_stats
+from steerscreen.stats.table import FeatureTables, TableOptions, feature_tables
 
 _SCALE_FREE = ("none", "expected_average_only_in")  # no runtime rescaling in SAELens
 
@@ -93,5 +93,11 @@ def collect_stats(model: HookedModel, loaded: LoadedSAE, contexts: Contexts,
 def stats_table(acc: StatsAccumulator, loaded: LoadedSAE, model: HookedModel,
                 options: TableOptions | None = None):
     """``feature_stats`` for a loaded SAE on ``model`` (weights and unembedding taken from them)."""
-    return feature_stats(acc, loaded.sae.W_enc.detach(), loaded.sae.W_dec.detach(),
-                         model.unembed(), options)
+    return stats_tables(acc, loaded, model, options).stats
+
+
+def stats_tables(acc: StatsAccumulator, loaded: LoadedSAE, model: HookedModel,
+                 options: TableOptions | None = None) -> FeatureTables:
+    """``feature_stats`` and the top direct-logit tokens for a loaded SAE on ``model``."""
+    return feature_tables(acc, loaded.sae.W_enc.detach(), loaded.sae.W_dec.detach(),
+                          model.unembed(), options)

@@ -38,6 +38,16 @@ _EXAMPLES = [
     ("token", "string", "the firing token decoded (null without a decoding tokenizer)"),
 ]
 
+_LOGIT_TOKENS = [
+    ("feature", "int64", "feature index"),
+    ("rank", "int64", "0 = the token with the largest `DL_f` entry"),
+    ("token_id", "int64", "the token's id in the model's vocabulary"),
+    ("token", "string", "the token decoded on its own by the model's tokenizer (null without a "
+                        "decoding tokenizer)"),
+    ("dl", "float64", "`DL_f` at that token (logit units per unit residual; computed in "
+                      "float32)"),
+]
+
 
 def _md(text: str) -> str:
     """reST-ish docstring text to Markdown (double backticks -> single), pipes escaped."""
@@ -99,6 +109,19 @@ def markdown() -> str:
         "| column | dtype | meaning |",
         "|---|---|---|",
         *[f"| `{n}` | {t} | {m} |" for n, t, m in _EXAMPLES],
+        "",
+        "## Top direct-logit tokens (`feature_logit_tokens.parquet`)",
+        "",
+        "The 10 tokens each feature's decoder direction promotes most directly: the largest "
+        "entries of `DL_f = W_U^T (gamma * v_f)` (the top-k the `logit_*` columns use; "
+        "`logit_trigger_overlap` compares them with the triggering tokens). One row per "
+        "feature and rank, dead features included (`DL_f` needs only the decoder). A stats "
+        "stage recorded before this file existed gets it added, without a new pass, the next "
+        "time `steerscreen stats` runs on the same run folder.",
+        "",
+        "| column | dtype | meaning |",
+        "|---|---|---|",
+        *[f"| `{n}` | {t} | {m} |" for n, t, m in _LOGIT_TOKENS],
         "",
         *_memory_section(),
     ]

@@ -6,13 +6,18 @@ models); logit softcaps are ignored (the caller records that). At the applied do
 the output distribution is ``q_f = softmax(alpha * DL_f / sigma_fin)``: adding ``alpha v_f`` to
 the final residual moves the normed output by ``gamma * alpha v_f / sigma_fin``.
 
-Features are processed ``chunk`` at a time on the unembedding's device, so memory is
-``chunk x V`` floats.
+Features are processed ``chunk`` at a time on the unembedding's device (one ``chunk x d x V``
+matmul each; memory: two ``chunk x V`` float32 blocks, the logits and one reused buffer), with
+few passes over each block: the norm, one top-k (which also gives the row max), one exponential,
+and the centred moments in the reused buffer. Smaller blocks that stay in cache were slower on
+a 2-core machine (many small parallel regions).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,57 +26,94 @@ from steerscreen.models.hooks import Unembed
 from steerscreen.stats.geometry import unit_rows
 
 TOP_TOKENS = 10
+LOGIT_COLUMNS = ("base_direct", "logit_entropy", "logit_top10_mass", "logit_kurtosis",
+                 "logit_trigger_overlap")
+
+
+@dataclass(frozen=True, eq=False)
+class LogitColumns(Mapping[str, np.ndarray]):
+    """What :func:`logit_columns` returns: the columns, and each feature's top DL tokens.
+
+    It reads as the mapping of its columns (``result["logit_entropy"]``, ``cols |= result``).
+    """
+
+    columns: dict[str, np.ndarray]
+    """``base_direct`` and every ``logit_*`` column -> float64 [F]."""
+    top_ids: np.ndarray
+    """int64 [F, k]: the k tokens with the largest ``DL_f`` entries, largest first (the top-k
+    of ``torch.topk``; k = ``min(top, V)``)."""
+    top_dl: np.ndarray
+    """float64 [F, k]: ``DL_f`` at those tokens (computed in float32)."""
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.columns)
 
 
 @torch.no_grad()
 def logit_columns(W_dec_FD: torch.Tensor, unembed: Unembed, *, alpha: float, sigma_fin: float,
-                  trigger_tokens_FK: np.ndarray | None = None, chunk: int = 256,
-                  top: int = TOP_TOKENS) -> dict[str, np.ndarray]:
-    """``base_direct`` and every ``logit_*`` column.
+                  trigger_tokens_FK: np.ndarray | None = None, chunk: int = 512,
+                  top: int = TOP_TOKENS) -> LogitColumns:
+    """``base_direct``, every ``logit_*`` column and the top DL tokens of every feature.
 
     ``trigger_tokens_FK``: each feature's most frequent triggering tokens (-1 pad; see
     ``steerscreen.stats.activation.trigger_tokens``); without it, or for a feature with none
-    (dead), ``logit_trigger_overlap`` is NaN.
+    (dead), ``logit_trigger_overlap`` is NaN. ``chunk``: features per matmul (speed and memory
+    only).
     """
     if not (math.isfinite(sigma_fin) and sigma_fin > 0):
         raise ValueError(f"sigma_fin must be a positive number, got {sigma_fin}")
     v = unit_rows(W_dec_FD).to(unembed.W_U.device)
-    f = v.shape[0]
-    cols = {k: np.full(f, np.nan) for k in ("base_direct", "logit_entropy", "logit_top10_mass",
-                                            "logit_kurtosis", "logit_trigger_overlap")}
+    f, n_vocab = v.shape[0], unembed.W_U.shape[1]
+    dev = v.device
     scale = alpha / sigma_fin
-    k = min(top, unembed.W_U.shape[1])
+    k = min(top, n_vocab)
+    f64 = dict(dtype=torch.float64, device=dev)
+    base = torch.empty(f, **f64)
+    entropy = torch.empty(f, **f64)
+    mass = torch.full((f,), k / n_vocab, **f64)  # alpha = 0: q is uniform
+    m2 = torch.empty(f, **f64)
+    m4 = torch.empty(f, **f64)
+    top_dl = torch.empty((f, k), dtype=torch.float32, device=dev)
+    top_ids = torch.empty((f, k), dtype=torch.int64, device=dev)
+    buf = torch.empty((min(chunk, f), n_vocab), dtype=torch.float32, device=dev)
     for f0 in range(0, f, chunk):
-        sl = slice(f0, min(f, f0 + chunk))
-        # float32 vocabulary passes (float64 took ~25 s for 4096 x 49152), few of them; the
-        # per-row results are combined in float64.
-        dl = unembed.direct_logits(v[sl])  # [n, V]
-        cols["base_direct"][sl] = torch.log(dl.norm(dim=1)).double().cpu().numpy()
-        # H(q) = ln Z - E_q[z] for z = scale * dl, from one exponential pass (shifted by the
-        # row max for stability): e = exp(scale (dl - max)), Z = e^(scale max) sum(e).
-        mx = dl.amax(1)
-        e = (dl - mx[:, None]).mul_(scale).exp_()
+        g = slice(f0, min(f, f0 + chunk))
+        dl = unembed.direct_logits(v[g])  # [n, V]
+        e = buf[:dl.shape[0]]
+        # float32 vocabulary passes (float64 took ~25 s for 4096 x 49152); the per-row results
+        # are combined in float64.
+        base[g] = torch.log(dl.norm(dim=1)).double()
+        top_z, ids = torch.topk(dl, k, dim=1)  # q's top tokens too, for alpha > 0
+        top_dl[g], top_ids[g] = top_z, ids
+        # H(q) = ln Z - E_q[z] for z = scale * dl, from one exponential pass (shifted by the row
+        # max, top_z[:, 0], for stability): e = exp(scale (dl - max)), Z = e^(scale max) sum(e).
+        mx = top_z[:, 0]
+        torch.sub(dl, mx[:, None], out=e).mul_(scale).exp_()
         s_e = e.sum(1).double()
         log_z = scale * mx.double() + torch.log(s_e)
-        e_qz = scale * torch.linalg.vecdot(e, dl).double() / s_e
-        cols["logit_entropy"][sl] = (log_z - e_qz).cpu().numpy()
-        del e
-        top_z, top_ids = torch.topk(dl, k, dim=1)  # q's top tokens too, for alpha > 0
+        entropy[g] = log_z - scale * torch.linalg.vecdot(e, dl).double() / s_e
         if scale > 0:
-            mass = torch.exp(scale * top_z.double() - log_z[:, None]).sum(1)
-        else:  # alpha = 0: q is uniform
-            mass = torch.full((dl.shape[0],), k / dl.shape[1], dtype=torch.float64)
-        cols["logit_top10_mass"][sl] = mass.cpu().numpy()
-        c = dl - dl.mean(1, keepdim=True)
-        c.square_()
-        m2 = c.mean(1).double()
-        m4 = torch.linalg.vector_norm(c, 2, dim=1).double().square() / c.shape[1]
-        cols["logit_kurtosis"][sl] = (m4 / m2**2 - 3).cpu().numpy()
-        del c
-        if trigger_tokens_FK is not None:
-            ids = top_ids.cpu().numpy()  # [n, k]
-            trig = trigger_tokens_FK[sl]
-            hit = (ids[:, :, None] == trig[:, None, :]) & (trig[:, None, :] >= 0)
-            has = (trig >= 0).any(1)
-            cols["logit_trigger_overlap"][sl] = np.where(has, hit.any(2).sum(1) / top, np.nan)
-    return cols
+            mass[g] = torch.exp(scale * top_z.double() - log_z[:, None]).sum(1)
+        # Central moments in the same buffer: c^2 = (dl - mean)^2, m2 = mean(c^2), m4 =
+        # mean(c^4).
+        torch.sub(dl, dl.mean(1, keepdim=True), out=e).square_()
+        m2[g] = e.mean(1).double()
+        m4[g] = torch.linalg.vector_norm(e, 2, dim=1).double().square() / n_vocab
+        del dl
+    cols = {"base_direct": base.cpu().numpy(), "logit_entropy": entropy.cpu().numpy(),
+            "logit_top10_mass": mass.cpu().numpy(),
+            "logit_kurtosis": (m4 / m2**2 - 3).cpu().numpy(),
+            "logit_trigger_overlap": np.full(f, np.nan)}
+    ids_np = top_ids.cpu().numpy()
+    if trigger_tokens_FK is not None:
+        trig = trigger_tokens_FK
+        hit = (ids_np[:, :, None] == trig[:, None, :]) & (trig[:, None, :] >= 0)
+        has = (trig >= 0).any(1)
+        cols["logit_trigger_overlap"] = np.where(has, hit.any(2).sum(1) / top, np.nan)
+    return LogitColumns(cols, ids_np, top_dl.double().cpu().numpy())

@@ -9,6 +9,9 @@ encode, every accumulator) and writes, in the run folder (METHOD §5):
   statistics.md``), dead features flagged with NaN statistics;
 - ``feature_examples.parquet``: each feature's top activating firings (value, context, position,
   the token window ending there, the whole context's token ids, decoded text);
+- ``feature_logit_tokens.parquet``: each feature's top-10 direct-logit tokens (the tokens with
+  the largest ``DL_f`` entries: feature, rank, token_id, the decoded token, dl), from the top-k
+  the ``logit_*`` columns already take;
 - ``manifest.json``: environment, inputs and their hashes, the stage config, timings, output
   hashes, and the dose unit.
 
@@ -51,10 +54,17 @@ from steerscreen.runs import RunDir, environment
 from steerscreen.saes.io import LoadedSAE, load_sae
 from steerscreen.saes.pairing import validate_pairing
 from steerscreen.stats.accumulators import StatsAccumulator, StatsOptions
-from steerscreen.stats.collect import collect_stats, stats_table
-from steerscreen.stats.table import TableOptions, examples_table
+from steerscreen.stats.collect import collect_stats, stats_tables
+from steerscreen.stats.logits import logit_columns
+from steerscreen.stats.table import (
+    TableOptions,
+    example_windows,
+    examples_table,
+    logit_token_table,
+)
 
 STAGE = "stats"
+FEATURE_LOGIT_TOKENS = "feature_logit_tokens.parquet"
 # Fields that change how fast the pass runs, never what it computes: recorded, not compared.
 _RUNTIME_FIELDS = ("batch_size", "device")
 
@@ -175,6 +185,10 @@ class StatsResult:
     def examples_path(self) -> Path:
         return self.run.file(RunDir.FEATURE_EXAMPLES)
 
+    @property
+    def logit_tokens_path(self) -> Path:
+        return self.run.file(FEATURE_LOGIT_TOKENS)
+
 
 def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
               model: HookedModel | None = None, sae: LoadedSAE | None = None,
@@ -208,7 +222,11 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
     check = run.check_stage(STAGE, cfg.record(), force=force, inputs=inputs)
     if check.action == "skip":
         say(check.reason)
-        return _result_from_record(run, check.record or {}, skipped=True)
+        record = check.record or {}
+        if FEATURE_LOGIT_TOKENS not in (record.get("outputs") or {}):
+            say(f"adding {FEATURE_LOGIT_TOKENS} to the recorded stats stage")
+            record = _add_logit_tokens(run, record, loaded, model)
+        return _result_from_record(run, record, skipped=True)
     if check.record is not None:
         say(check.reason)
 
@@ -229,11 +247,14 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
     acc = timed("pass", lambda: _pass(cfg, model, loaded, contexts, hp, progress))
     r = acc.residual_norm()
     alpha = cfg.strength * r
-    table = timed("table", lambda: stats_table(acc, loaded, model, cfg.table_options(alpha)))
+    tables = timed("table", lambda: stats_tables(acc, loaded, model, cfg.table_options(alpha)))
+    table = tables.stats
     examples = timed("examples", lambda: example_rows(acc, contexts, model, cfg.decode_examples))
+    logit_tokens = timed("logit_tokens", lambda: logit_token_rows(tables.logit_tokens, model))
     t = time.perf_counter()
     outputs = {RunDir.FEATURE_STATS: run.write_table(RunDir.FEATURE_STATS, table),
-               RunDir.FEATURE_EXAMPLES: run.write_table(RunDir.FEATURE_EXAMPLES, examples)}
+               RunDir.FEATURE_EXAMPLES: run.write_table(RunDir.FEATURE_EXAMPLES, examples),
+               FEATURE_LOGIT_TOKENS: run.write_table(FEATURE_LOGIT_TOKENS, logit_tokens)}
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
@@ -333,11 +354,81 @@ def example_rows(acc: StatsAccumulator, contexts: Contexts, model: HookedModel,
     text: list[str | None] = [None] * ex.height
     token: list[str | None] = [None] * ex.height
     if decode and ex.height and callable(getattr(tok, "batch_decode", None)):
-        windows = ex["token_ids"].to_list()
-        text = tok.batch_decode(windows)  # type: ignore[union-attr]
-        token = tok.batch_decode([[w[-1]] for w in windows])  # type: ignore[union-attr]
+        windows = example_windows(acc)
+        text = decode_rows(tok, windows)
+        token = decode_rows(tok, windows[:, -1:])
     return ex.with_columns(pl.Series("text", text, dtype=pl.String),
                            pl.Series("token", token, dtype=pl.String))
+
+
+def decode_rows(tok: Any, ids_NW: np.ndarray) -> list[str]:
+    """``tok.batch_decode`` of each row's token ids (a -1 prefix is padding) -> N strings.
+
+    The same strings as one ``batch_decode`` of every row's ids, faster: each distinct row is
+    decoded once, rows with the same padding in one call. A Hugging Face tokenizer gets a 2-D
+    array through ``decode`` (batched since transformers 5; ``batch_decode`` type-checks every
+    id of a list of lists, ~1 s for 40K windows); any other tokenizer gets ``batch_decode`` of
+    lists.
+    """
+    x = np.ascontiguousarray(ids_NW)
+    if x.shape[0] == 0:
+        return []
+    rows = x.view(np.dtype((np.void, x.itemsize * x.shape[1]))).ravel()
+    uniq_v, inverse = np.unique(rows, return_inverse=True)
+    uniq = uniq_v.view(x.dtype).reshape(-1, x.shape[1])
+    n_pad = (uniq < 0).sum(1)
+    if not np.array_equal(uniq >= 0, np.arange(x.shape[1]) >= n_pad[:, None]):
+        raise ValueError("token rows may only be padded (-1) before their first id")
+    as_array = _is_hf_tokenizer(tok)
+    out = np.empty(uniq.shape[0], dtype=object)
+    for pad in np.unique(n_pad):
+        sel = np.flatnonzero(n_pad == pad)
+        ids = uniq[sel, pad:].astype(np.int64)
+        out[sel] = _hf_decode(tok, ids) if as_array else tok.batch_decode(ids.tolist())
+    return out[inverse.reshape(-1)].tolist()
+
+
+def _hf_decode(tok: Any, ids_NW: np.ndarray) -> list[str]:
+    text = tok.decode(ids_NW)
+    if isinstance(text, list) and len(text) == ids_NW.shape[0]:
+        return text
+    return tok.batch_decode(ids_NW)  # a tokenizer whose decode is not batched
+
+
+def _is_hf_tokenizer(tok: Any) -> bool:
+    try:
+        from transformers import PreTrainedTokenizerBase
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(tok, PreTrainedTokenizerBase)
+
+
+def logit_token_rows(tokens: pl.DataFrame | None, model: HookedModel) -> pl.DataFrame:
+    """``feature_logit_tokens``: the top direct-logit tokens (``steerscreen.stats.table.
+    logit_token_table``) with each token decoded on its own (null without a decoding tokenizer).
+
+    Columns: feature, rank (0 = the largest DL_f entry), token_id, token, dl.
+    """
+    if tokens is None:  # the stage always has an unembedding; this keeps the schema anyway
+        tokens = pl.DataFrame(schema={"feature": pl.Int64, "rank": pl.Int64,
+                                      "token_id": pl.Int64, "dl": pl.Float64})
+    tok = getattr(model, "tokenizer", None)
+    text: list[str | None] = [None] * tokens.height
+    if tokens.height and callable(getattr(tok, "batch_decode", None)):
+        text = decode_rows(tok, tokens["token_id"].to_numpy()[:, None])
+    return tokens.select("feature", "rank", "token_id",
+                         pl.Series("token", text, dtype=pl.String), "dl")
+
+
+def _add_logit_tokens(run: RunDir, record: dict[str, Any], loaded: LoadedSAE,
+                      model: HookedModel) -> dict[str, Any]:
+    """Write ``feature_logit_tokens.parquet`` for a complete stats stage recorded before the
+    stage wrote it (it needs only the decoder and the unembedding) -> the updated record."""
+    lc = logit_columns(loaded.sae.W_dec.detach(), model.unembed(), alpha=0.0, sigma_fin=1.0)
+    info = run.write_table(FEATURE_LOGIT_TOKENS,
+                           logit_token_rows(logit_token_table(lc), model))
+    record = {**record, "outputs": {**(record.get("outputs") or {}), FEATURE_LOGIT_TOKENS: info}}
+    return run.update_manifest({"stages": {STAGE: record}})["stages"][STAGE]
 
 
 def describe_sae(loaded: LoadedSAE) -> dict[str, Any]:
@@ -383,5 +474,5 @@ def _result_from_record(run: RunDir, record: dict[str, Any], *, skipped: bool) -
     )
 
 
-__all__ = ["StatsConfig", "StatsResult", "example_rows", "model_sha256", "run_stats",
-           "stats_contexts"]
+__all__ = ["FEATURE_LOGIT_TOKENS", "StatsConfig", "StatsResult", "decode_rows", "example_rows",
+           "logit_token_rows", "model_sha256", "run_stats", "stats_contexts"]

@@ -179,7 +179,7 @@ class SteeringEngine:
             out = self.model.forward(x, read=self._reads(), start_at=(self.hook, h))
             resid.append(h[:n])
             z = out.logits[:n, 1:].float()  # type: ignore[index]
-            logp.append(log_probs(z, torch.empty_like(z), torch.empty_like(z)))
+            logp.append(log_probs(z, torch.empty(z.shape, device=z.device)))
             if self.down is not None:
                 xr = out.acts[self.down_hook.name][:n, 1:].float()  # type: ignore[union-attr]
                 dres.append(xr)

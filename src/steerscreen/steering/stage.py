@@ -24,6 +24,7 @@ written atomically, so a shard either holds whole directions or does not exist.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -39,6 +40,7 @@ import torch
 
 from steerscreen.corpus import Contexts, load_corpus
 from steerscreen.errors import SpecError, SteerscreenError
+from steerscreen.files import sha256_json
 from steerscreen.models import HookedModel, HookPoint, load_model
 from steerscreen.runs import RunDir, environment
 from steerscreen.saes.io import LoadedSAE, load_sae
@@ -169,11 +171,14 @@ class SteerResult:
 def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
               model: HookedModel | None = None, sae: LoadedSAE | None = None,
               down: LoadedSAE | None = None, progress: bool = True,
+              calibrations: dict[str, Calibration] | None = None,
               log: Callable[[str], None] | None = None) -> SteerResult:
     """Run the steer stage in ``run_dir`` (which must hold a complete stats stage).
 
     ``model`` / ``sae`` / ``down``: already-loaded objects to use instead of the recorded model
-    and SAE specs and ``cfg.downstream_sae`` (tests, notebooks)."""
+    and SAE specs and ``cfg.downstream_sae`` (tests, notebooks). ``calibrations``: a dict shared
+    between runs; the dose calibration depends only on the model, hook, residual norm and
+    calibration contexts and directions (not on the SAE), so runs that share those reuse it."""
     say = log or (lambda _m: None)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -233,7 +238,9 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
                             n_targets=cfg.n_targets, n_out=cfg.n_out,
                             n_target_tokens=cfg.n_target_tokens)
     t = time.perf_counter()
-    cal = _dose(cfg, run, engine, sets, r, model.d_model, say)
+    cal = _dose(cfg, run, engine, sets, r, model.d_model, say,
+                calibrations if calibrations is not None else {},
+                _calibration_key(cfg, inputs["model_sha256"], hp.name, r, sets))
     timings["calibration"] = time.perf_counter() - t
     strengths = [cal.strength] if cal is not None else list(cfg.strengths or [])
     t = time.perf_counter()
@@ -306,8 +313,20 @@ def _features(cfg: SteerConfig, table: pl.DataFrame, n_features: int) -> np.ndar
                                cfg.features, cfg.seed)
 
 
+def _calibration_key(cfg: SteerConfig, model_sha: str, hook: str, r: float,
+                     sets: dict[str, Contexts]) -> str:
+    """Everything a calibrated dose depends on (the SAE is not among it)."""
+    cal = sets.get("calibration")
+    ids = None if cal is None else hashlib.sha256(
+        np.ascontiguousarray(cal.token_ids, dtype=np.int64).tobytes()).hexdigest()
+    return sha256_json({"model": model_sha, "hook": hook, "r": r, "contexts": ids,
+                        "config": [cfg.calibration_directions, cfg.seed, cfg.target_kl,
+                                   cfg.kl_tolerance]})
+
+
 def _dose(cfg: SteerConfig, run: RunDir, engine: SteeringEngine, sets: dict[str, Contexts],
-          r: float, d_model: int, say: Callable[[str], None]) -> Calibration | None:
+          r: float, d_model: int, say: Callable[[str], None],
+          calibrations: dict[str, Calibration], key: str) -> Calibration | None:
     if cfg.strengths is not None:
         return None
     rec = (run.stage(STAGE) or {}).get("calibration")
@@ -315,10 +334,16 @@ def _dose(cfg: SteerConfig, run: RunDir, engine: SteeringEngine, sets: dict[str,
         say(f"reusing the recorded dose calibration: s = {rec['strength']:.4g}")
         return Calibration(rec["strength"], rec["kl"], rec["target_kl"], rec["tolerance"],
                            rec["converged"], [tuple(e) for e in rec["evaluations"]])
-    cache = engine.clean(sets["calibration"].token_ids)
-    cal_dirs = random_directions(cfg.calibration_directions, d_model, cfg.seed + 7919)
-    cal = calibrate(lambda s: engine.mean_kl(cache, cal_dirs, s * r), target_kl=cfg.target_kl,
-                    tolerance=cfg.kl_tolerance, log=say)
+    if key in calibrations:
+        cal = calibrations[key]
+        say(f"reusing the dose calibration of another run on the same model, hook and "
+            f"contexts: s = {cal.strength:.4g}")
+    else:
+        cache = engine.clean(sets["calibration"].token_ids)
+        cal_dirs = random_directions(cfg.calibration_directions, d_model, cfg.seed + 7919)
+        cal = calibrate(lambda s: engine.mean_kl(cache, cal_dirs, s * r),
+                        target_kl=cfg.target_kl, tolerance=cfg.kl_tolerance, log=say)
+        calibrations[key] = cal
     run.update_manifest({"stages": {STAGE: {**(run.stage(STAGE) or {}),
                                             "calibration": _cal_record(cal)}}})
     return cal

@@ -1,0 +1,124 @@
+"""The headline numbers of one run, pulled out once for the HTML page and ``summary.md``.
+
+Per outcome: the fit's verdict, and the numbers it rests on (METHOD §4): delta rho of ``full``
+over the best baseline set with its CI ("beats baselines" = the CI lies above 0), the residual rho
+after the baselines are regressed out inside the folds ("survives residualisation" = its CI
+excludes 0), and the held-out payoff of the top share by predicted cleanliness, scored on the
+fresh contexts, vs random selection and vs the ``freq+mag`` selection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from steerscreen.report.load import RunData
+
+OUTCOMES = ("cleanliness", "effect_stability", "collateral_spread")
+"""The outcomes the fit predicts, cleanliness (METHOD's score) first."""
+SIDE_OUTCOMES = ("effect_kl", "target_gain", "collateral_out")
+LABELS = {"cleanliness": "cleanliness", "effect_stability": "effect stability",
+          "collateral_spread": "collateral spread", "effect_kl": "effect KL (nats)",
+          "target_gain": "target gain (nats)", "collateral_out": "collateral out (share)",
+          "n_recruited": "recruited downstream features", "effect_stability_logit":
+          "effect stability (logit)"}
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    lo: float
+    hi: float
+
+    @classmethod
+    def of(cls, d: dict[str, Any] | None, v: str, lo: str, hi: str) -> Interval | None:
+        if not d or d.get(v) is None:
+            return None
+        return cls(_f(d.get(v)), _f(d.get(lo)), _f(d.get(hi)))
+
+    @property
+    def above_zero(self) -> bool:
+        return math.isfinite(self.lo) and self.lo > 0
+
+
+def _f(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One outcome's verdict and its evidence."""
+
+    outcome: str
+    verdict: str
+    beats: bool
+    survives: bool
+    delta_best: Interval | None
+    """delta rho, ``full`` minus the best baseline set, primary context set."""
+    best_baseline: str | None
+    residual: Interval | None
+    """rho of ``full`` on the outcome with the baselines regressed out."""
+    payoff_random: Interval | None
+    payoff_baseline: Interval | None
+
+
+def primary(run: RunData) -> dict[str, Any] | None:
+    return (run.summary or {}).get("primary_endpoint")
+
+
+def verdicts(run: RunData) -> list[Verdict]:
+    """One row per outcome (empty before the fit stage)."""
+    s = run.summary
+    if s is None:
+        return []
+    cs = run.primary_set
+    resid = {r["outcome"]: r for r in s.get("residualised", [])}
+    out = []
+    for outcome in OUTCOMES:
+        verdict = str(s.get("verdicts", {}).get(outcome, "–"))
+        delta, best = None, None
+        if run.comparisons is not None:
+            row = run.comparisons.filter(
+                (pl.col("a") == "full") & pl.col("b").str.starts_with("best")
+                & (pl.col("outcome") == outcome) & (pl.col("context_set") == cs))
+            if row.height:
+                r = row.row(0, named=True)
+                delta = Interval(_f(r["delta_rho"]), _f(r["lo"]), _f(r["hi"]))
+                best = str(r["b"]).removeprefix("best baseline (").removesuffix(")")
+        res = resid.get(outcome)
+        pay_r = pay_b = None
+        if run.heldout is not None:
+            row = run.heldout.filter((pl.col("selector") == "full")
+                                     & (pl.col("outcome") == outcome))
+            if row.height:
+                r = row.row(0, named=True)
+                pay_r = Interval.of(r, "payoff_vs_random", "vs_random_lo", "vs_random_hi")
+                pay_b = Interval.of(r, "payoff_vs_baseline", "vs_baseline_lo", "vs_baseline_hi")
+        out.append(Verdict(
+            outcome=outcome, verdict=verdict, beats=verdict.startswith("beats"),
+            survives="survives" in verdict, delta_best=delta, best_baseline=best,
+            residual=Interval.of(res, "rho", "rho_lo", "rho_hi"), payoff_random=pay_r,
+            payoff_baseline=pay_b))
+    return out
+
+
+def noise_ceiling(run: RunData) -> dict[str, Interval]:
+    """Spearman of steering-context vs fresh-context outcomes of the same features."""
+    rel = (run.summary or {}).get("reliability", {})
+    out = {}
+    for outcome in OUTCOMES:
+        iv = Interval.of(rel.get(f"noise_ceiling_{outcome}"), "rho", "lo", "hi")
+        if iv is not None:
+            out[outcome] = iv
+    return out
+
+
+def selection(run: RunData) -> dict[str, dict[str, Any]]:
+    """Held-out cleanliness rows by selector (selected mean, precision and recall of clean)."""
+    if run.heldout is None:
+        return {}
+    rows = run.heldout.filter(pl.col("outcome") == "cleanliness")
+    return {r["selector"]: r for r in rows.iter_rows(named=True)}

@@ -1,0 +1,248 @@
+"""Read a RUN folder or a STUDY folder (METHOD §5) into the dataclasses the report renders.
+
+A run's tables are optional: each is ``None`` until the stage that writes it has run, and the
+report says which command produces it. A table that exists but cannot be read raises an
+:class:`~steerscreen.errors.ArtifactError` (a corrupt file is a problem to fix, not to hide).
+
+A study is ``STUDY/study.json`` + ``STUDY/runs/NAME/`` (one run folder per SAE) +
+``STUDY/comparison/{transfer,runs}.parquet`` from :func:`steerscreen.screening.transfer.compare`.
+Only ``runs`` in ``study.json`` is read strictly; without it the runs are found by scanning
+``runs/*/``. ``compare`` names runs by the path it was given, so those names are mapped back to
+the study's run names here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from steerscreen.errors import ArtifactError, SteerscreenError
+from steerscreen.runs import RunDir
+
+# File names of other stages, spelt out: importing those stages would pull in torch (seconds).
+DOSE_STATS = "feature_dose_stats.parquet"
+SCREENING = RunDir.SCREENING
+STUDY_FILE = "study.json"
+LOGIT_TOKENS = "feature_logit_tokens.parquet"
+COMPARISON = "comparison"
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What the report reads from one run folder; ``None`` where the stage has not run."""
+
+    name: str
+    path: Path
+    manifest: dict[str, Any]
+    stats: pl.DataFrame | None
+    """``feature_stats.parquet`` (stats stage)."""
+    dose_stats: pl.DataFrame | None
+    """``feature_dose_stats.parquet`` (steer stage)."""
+    logit_tokens: pl.DataFrame | None
+    """``feature_logit_tokens.parquet``: feature, rank, token_id, token, dl (stats stage)."""
+    outcomes: pl.DataFrame | None
+    """``steering_outcomes.parquet`` (steer stage)."""
+    summary: dict[str, Any] | None
+    """``screening/summary.json`` (fit stage)."""
+    cv: pl.DataFrame | None
+    comparisons: pl.DataFrame | None
+    heldout: pl.DataFrame | None
+    predictions: pl.DataFrame | None
+
+    @property
+    def has_examples(self) -> bool:
+        return self.path.joinpath(RunDir.FEATURE_EXAMPLES).is_file()
+
+    def examples(self, features: Sequence[int]) -> pl.DataFrame | None:
+        """Top activating examples of ``features`` only (the file holds every feature's)."""
+        if not self.has_examples:
+            return None
+        try:
+            return (pl.scan_parquet(self.path / RunDir.FEATURE_EXAMPLES)
+                    .filter(pl.col("feature").is_in(list(features))).sort(["feature", "rank"])
+                    .collect())
+        except Exception as e:  # polars raises several types for a bad file
+            raise ArtifactError(f"{str(self.path / RunDir.FEATURE_EXAMPLES)!r} is not readable "
+                                f"({e})", "rerun `steerscreen stats` for this run") from e
+
+    @property
+    def strength(self) -> float | None:
+        """The strength the fit used (else the first recorded): the one every view shows."""
+        if self.summary is not None and self.summary.get("strength") is not None:
+            return float(self.summary["strength"])
+        # Before a fit: the first nonzero strength (s = 0 is the exactness check, all NaN).
+        recorded = [float(s) for s in self.manifest.get("strengths") or []]
+        if not recorded and self.outcomes is not None:
+            recorded = sorted(set(self.outcomes["strength"].to_list()))
+        return next((s for s in recorded if s != 0), recorded[0] if recorded else None)
+
+    @property
+    def primary_set(self) -> str:
+        """Fresh contexts when the run has them (METHOD's primary endpoint)."""
+        if self.summary is not None and self.summary.get("primary_context_set"):
+            return str(self.summary["primary_context_set"])
+        if self.outcomes is not None and "fresh" in set(self.outcomes["context_set"].to_list()):
+            return "fresh"
+        return "steering"
+
+    def at_strength(self) -> pl.DataFrame | None:
+        """Outcome rows at :attr:`strength`, every direction and context set."""
+        if self.outcomes is None or self.strength is None:
+            return None
+        return self.outcomes.filter((pl.col("strength") - self.strength).abs() < 1e-12)
+
+    def stage_status(self, name: str) -> str | None:
+        rec = self.manifest.get("stages", {}).get(name)
+        return None if rec is None else str(rec.get("status"))
+
+    @property
+    def sae(self) -> dict[str, Any]:
+        return self.manifest.get("sae") or {}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One SAE of a study: ``study.json``'s entry, and its run folder when it exists."""
+
+    name: str
+    path: Path
+    arch: str | None
+    width: int | None
+    hook: str | None
+    roles: tuple[str, ...]
+    data: RunData | None
+    """None when the run folder does not exist (yet)."""
+
+
+@dataclass(frozen=True)
+class StudyData:
+    path: Path
+    meta: dict[str, Any]
+    """``study.json`` (empty when the study has none)."""
+    runs: list[StudyRun]
+    transfer: pl.DataFrame | None
+    """train, test (run names), outcome, test_context_set, n_test, rho, lo, hi."""
+    per_run: pl.DataFrame | None
+    """run (run name), n_features, strength, context_set, rho_full, ... verdict_*."""
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or self.path.resolve().name)
+
+
+def is_run(path: Path) -> bool:
+    return (path / RunDir.MANIFEST).is_file() or (path / RunDir.FEATURE_STATS).is_file()
+
+
+def is_study(path: Path) -> bool:
+    if (path / STUDY_FILE).is_file():
+        return True
+    return not is_run(path) and any(is_run(p) for p in _scan(path))
+
+
+def _scan(path: Path) -> list[Path]:
+    runs = path / "runs"
+    return sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+
+
+def load(path: str | Path) -> RunData | StudyData:
+    """A run or a study, whichever ``path`` is; a clear error when it is neither."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise SteerscreenError(f"{str(p)!r} is not a folder",
+                               "pass a run folder (the --out of `steerscreen stats`) or a study "
+                               "folder (the --out of `steerscreen run`)")
+    if is_study(p):
+        return load_study(p)
+    if is_run(p):
+        return load_run(p)
+    raise SteerscreenError(
+        f"{str(p)!r} is neither a run folder (no manifest.json or feature_stats.parquet) nor a "
+        "study folder (no study.json or runs/*/)",
+        "pass a run folder (the --out of `steerscreen stats`) or a study folder (the --out of "
+        "`steerscreen run`)")
+
+
+def load_run(path: str | Path, name: str | None = None) -> RunData:
+    run = RunDir(path)
+    screening = run.file(SCREENING)
+    return RunData(
+        name=name or run.path.resolve().name, path=run.path, manifest=run.read_manifest(),
+        stats=_table(run, RunDir.FEATURE_STATS), dose_stats=_table(run, DOSE_STATS),
+        logit_tokens=_table(run, LOGIT_TOKENS), outcomes=_table(run, RunDir.STEERING_OUTCOMES),
+        summary=_json(screening / "summary.json"),
+        cv=_table(run, f"{SCREENING}/cv_metrics.parquet"),
+        comparisons=_table(run, f"{SCREENING}/comparisons.parquet"),
+        heldout=_table(run, f"{SCREENING}/heldout.parquet"),
+        predictions=_table(run, f"{SCREENING}/predictions.parquet"))
+
+
+def _table(run: RunDir, name: str) -> pl.DataFrame | None:
+    return run.read_table(name) if run.file(name).is_file() else None
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{str(path)!r} is not valid JSON ({e})",
+                            "rerun the stage that writes it") from e
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{str(path)!r} is not a JSON object", "rerun the stage that writes it")
+    return data
+
+
+def load_study(path: str | Path) -> StudyData:
+    root = Path(path).expanduser()
+    meta = _json(root / STUDY_FILE) or {}
+    entries = meta.get("runs") or [{"name": p.name, "path": str(p.relative_to(root))}
+                                   for p in _scan(root) if is_run(p)]
+    runs = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise ArtifactError(f"entry {i} of {str(root / STUDY_FILE)!r} is not an object",
+                                "rewrite the study with `steerscreen run`")
+        rel = e.get("path") or f"runs/{e.get('name', i)}"
+        run_path = Path(rel) if Path(rel).is_absolute() else root / rel
+        name = str(e.get("name") or Path(rel).name)
+        data = load_run(run_path, name) if is_run(run_path) else None
+        sae = data.sae if data else {}
+        # study.json leaves arch/width empty for SAEs it did not train: take the manifest's.
+        width = e.get("width") or sae.get("d_sae")
+        runs.append(StudyRun(
+            name=name, path=run_path, arch=e.get("arch") or sae.get("architecture"),
+            width=int(width) if width is not None else None,
+            hook=e.get("hook") or (data.manifest.get("hook") if data else None),
+            roles=tuple(e.get("roles") or ()), data=data))
+    cmp_dir = RunDir(root / COMPARISON)
+    transfer = _table(cmp_dir, "transfer.parquet")
+    per_run = _table(cmp_dir, "runs.parquet")
+    names = _name_map(root, runs, [*(transfer["train"].to_list() if transfer is not None else []),
+                                   *(transfer["test"].to_list() if transfer is not None else []),
+                                   *(per_run["run"].to_list() if per_run is not None else [])])
+    if transfer is not None:
+        transfer = transfer.with_columns(pl.col("train").replace(names),
+                                         pl.col("test").replace(names))
+    if per_run is not None:
+        per_run = per_run.with_columns(pl.col("run").replace(names))
+    return StudyData(root, meta, runs, transfer, per_run)
+
+
+def _name_map(root: Path, runs: list[StudyRun], raw: list[str]) -> dict[str, str]:
+    """``compare``'s run labels (the paths it was given) -> the study's run names."""
+    by_path = {r.path.resolve(): r.name for r in runs}
+    by_base = {r.path.name: r.name for r in runs}
+    out = {}
+    for label in set(raw):
+        p = Path(label)
+        candidates = [p] if p.is_absolute() else [root / p, Path.cwd() / p]
+        hit = next((by_path[c.resolve()] for c in candidates if c.resolve() in by_path), None)
+        out[label] = hit or by_base.get(p.name, label)
+    return out

@@ -1,0 +1,94 @@
+"""``summary.md``: the headline numbers as Markdown, for a terminal, a diff or a pull request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from steerscreen.report.headline import LABELS, Interval, noise_ceiling, primary, verdicts
+from steerscreen.report.html import ci, num
+from steerscreen.report.load import RunData, StudyData
+from steerscreen.report.sections import facts
+from steerscreen.report.study import per_run_rows
+
+
+def _cell(x: object) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    out = ["| " + " | ".join(_cell(h) for h in header) + " |",
+           "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_cell(num(c) if c is None or isinstance(c, int | float) else c)
+                              for c in r) + " |" for r in rows]
+    return out
+
+
+def _iv(x: Interval | None, signed: bool = True) -> str:
+    return "–" if x is None else ci(x.value, x.lo, x.hi, signed=signed)
+
+
+def run_lines(run: RunData, figures: Sequence[Path], root: Path, level: str = "##") -> list[str]:
+    lines = [facts(run), ""]
+    p = primary(run)
+    if p is None:
+        cmd = ("steerscreen stats" if run.stats is None else "steerscreen steer"
+               if run.outcomes is None else "steerscreen fit")
+        return [*lines, f"Not fitted yet: run `{cmd}` for `{run.path}` (see report.html).", ""]
+    lines += [f"{level} Headline", "",
+              f"**Primary endpoint** ({p.get('model')}, {p.get('full')} vs {p.get('baseline')}, "
+              f"{p.get('outcome')} on {p.get('context_set')} contexts): ρ "
+              f"{num(p.get('rho_full'))} vs {num(p.get('rho_baseline'))}, Δρ "
+              f"{ci(p.get('delta_rho'), p.get('delta_lo'), p.get('delta_hi'), signed=True)}; "
+              f"Nadeau–Bengio p = {num(p.get('p_nadeau_bengio'))}, permutation p = "
+              f"{num(p.get('p_permutation'))}.", ""]
+    lines += _table(("outcome", "verdict", "Δρ vs best baseline [95% CI]",
+                     "residual ρ [95% CI]", "held-out payoff vs random [95% CI]",
+                     "vs freq+mag selection [95% CI]"),
+                    [(LABELS[v.outcome], v.verdict, _iv(v.delta_best), _iv(v.residual, False),
+                      _iv(v.payoff_random), _iv(v.payoff_baseline)) for v in verdicts(run)])
+    nc = noise_ceiling(run)
+    if nc:
+        lines += ["", "Noise ceiling (steering vs fresh contexts): " + "; ".join(
+            f"{LABELS[o]} {_iv(iv, False)}" for o, iv in nc.items()) + "."]
+    if figures:
+        lines += ["", f"{level} Figures", ""]
+        lines += [f"- `{f.relative_to(root)}`" for f in figures]
+    return [*lines, ""]
+
+
+def run_summary(run: RunData, figures: Sequence[Path], stamp: str) -> str:
+    head = [f"# steerscreen report: {run.name}", "",
+            f"Run folder `{run.path}`; {stamp}. The full report is `report.html`.", ""]
+    return "\n".join(head + run_lines(run, figures, run.path))
+
+
+def study_summary(study: StudyData, shared: Sequence[Path],
+                  run_figures: dict[str, list[Path]], stamp: str) -> str:
+    lines = [f"# steerscreen study report: {study.name}", "",
+             f"Study folder `{study.path}`, {len(study.runs)} runs; {stamp}. The full report "
+             "is `report.html`.", "", "## Primary endpoint per SAE", ""]
+    lines += _table(("run", "architecture", "width", "ρ full", "ρ freq+mag", "Δρ [95% CI]",
+                     "verdict (cleanliness)"),
+                    [(r["run"], r.get("arch") or "–", r.get("width") or "–",
+                      num(r.get("rho_full")), num(r.get("rho_freq_mag")),
+                      ci(r.get("delta_rho"), r.get("delta_lo"), r.get("delta_hi"), signed=True),
+                      r.get("verdict_cleanliness") or "not fitted") for r in per_run_rows(study)])
+    lines += ["", "## Transfer", ""]
+    if study.transfer is None or study.transfer.height == 0:
+        lines.append(f"Not computed: run `steerscreen compare ... --out {study.path}/comparison`.")
+    else:
+        lines += _table(("outcome", "fit on", "evaluated on", "ρ [95% CI]"),
+                        [(r["outcome"], r["train"], r["test"], ci(r["rho"], r["lo"], r["hi"]))
+                         for r in study.transfer.sort(["outcome", "train", "test"])
+                         .iter_rows(named=True)])
+    if shared:
+        lines += ["", "Figures: " + ", ".join(f"`{f.relative_to(study.path)}`" for f in shared)]
+    lines.append("")
+    for r in study.runs:
+        lines += [f"## Run {r.name}", ""]
+        if r.data is None:
+            lines += [f"The run folder `{r.path}` is missing.", ""]
+            continue
+        lines += run_lines(r.data, run_figures.get(r.name, []), study.path, level="###")
+    return "\n".join(lines)

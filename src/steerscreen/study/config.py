@@ -1,0 +1,423 @@
+"""The study config: which model, which SAEs, which downstream SAE, and every stage's settings.
+
+A study compares several SAEs on one model (METHOD §5: one run per SAE, the same downstream SAE
+S' for all). Its config is a TOML (or YAML) file:
+
+    name = "smollm2-embedded"
+    model = "embedded:smollm2-135m"
+    corpus = "embedded"
+
+    [[sae]]                 # one table per SAE compared; trained when `spec` is absent
+    name = "l12-topk-2048"
+    arch = "topk"
+    width = 2048
+    hook = "blocks.12.hook_resid_post"
+    roles = ["architecture", "width"]
+
+    [[sae]]
+    name = "res-jb-l6"
+    spec = "saelens:gpt2-small-res-jb/blocks.6.hook_resid_pre"
+
+    [downstream]            # S': the same forms as one [[sae]] table
+    arch = "topk"
+    width = 2048
+    hook = "blocks.16.hook_resid_post"
+
+    [train]  [stats]  [steer]  [fit]    # any field of the stage's own config
+
+The stage sections take the fields of :class:`~steerscreen.saes.training.TrainConfig`,
+:class:`~steerscreen.stats.stage.StatsConfig`, :class:`~steerscreen.steering.stage.SteerConfig`
+and :class:`~steerscreen.screening.analysis.FitConfig`, minus the ones the study owns (model,
+corpus, seed, device, SAE and hook). A preset (``quick``, ``default``, ``full``) fills the sizes
+first; the file overrides it. Unknown or mistyped fields are errors that name the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steerscreen.corpus import check_corpus_spec
+from steerscreen.errors import SpecError
+from steerscreen.models import DEFAULT_MODEL, HookPoint, ModelSpec
+from steerscreen.saes.training import ARCHS, TrainConfig
+from steerscreen.screening.analysis import FitConfig
+from steerscreen.stats.stage import StatsConfig
+from steerscreen.steering.stage import SteerConfig
+
+PRESETS = ("quick", "default", "full")
+ROLES = ("architecture", "width")
+
+# Fields the study sets itself in every stage config (never taken from a section).
+OWNED: dict[str, tuple[str, ...]] = {
+    "train": ("model", "hook", "arch", "width", "corpus", "seed", "device", "dtype"),
+    "stats": ("sae", "model", "hook", "corpus", "seed", "device", "dtype"),
+    "steer": ("downstream_sae", "downstream_hook", "feature_ids", "seed", "device"),
+    "fit": ("seed",),
+}
+STAGE_CLASSES: dict[str, type] = {"train": TrainConfig, "stats": StatsConfig,
+                                  "steer": SteerConfig, "fit": FitConfig}
+
+# Sizes per preset for the sections (budgets: quick <= 15 min, default <= 90 min on 2 CPU cores
+# for the embedded study; full = METHOD's defaults, a GPU job). `width` is W of the embedded
+# default study: SAEs of width W and 4W.
+PRESET_VALUES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "width": 1024,
+        # ~900 optimiser steps: fewer (batch 1024) left ReLU/JumpReLU far from sparse.
+        "train": {"tokens": 30_000, "epochs": 4, "batch_size": 128, "heldout_tokens": 5_000},
+        "stats": {"tokens": 15_000, "final_norm_contexts": 16},
+        "steer": {"features": 48, "random_directions": 16, "contexts": 8, "fresh_contexts": 8,
+                  "context_len": 32, "calibration_contexts": 8, "calibration_directions": 16,
+                  "pass_positions": 128},
+        "fit": {"n_repeats": 3, "n_boot": 300, "n_permutations": 50},
+    },
+    "default": {
+        "width": 2048,
+        "train": {"tokens": 100_000, "epochs": 4, "batch_size": 512, "heldout_tokens": 10_000},
+        "stats": {"tokens": 50_000},
+        "steer": {"features": 192, "random_directions": 32, "contexts": 16,
+                  "fresh_contexts": 16, "context_len": 32},
+        "fit": {},
+    },
+    "full": {
+        "width": 4096,
+        "train": {},
+        "stats": {},
+        "steer": {},
+        "fit": {},
+    },
+}
+PRESET_BUDGET_S = {"quick": 15 * 60, "default": 90 * 60, "full": None}
+
+
+@dataclass
+class SAEEntry:
+    """One SAE of the study: an existing one (``spec``) or one steerscreen trains."""
+
+    name: str
+    """Run name: the run folder is STUDY/runs/NAME (letters, digits, '-', '_', '.')."""
+    spec: str | None = None
+    """SAE spec (PATH, saelens:RELEASE/SAE_ID, hf:OWNER/REPO[/SUBFOLDER]); None = train one."""
+    arch: str = "topk"
+    """Trained SAEs: topk, relu or jumprelu."""
+    width: int | None = None
+    """Trained SAEs: number of features (default: the preset's width)."""
+    hook: str | None = None
+    """Hook point; required for trained SAEs, optional for specs (default: the SAE's own)."""
+    roles: list[str] = field(default_factory=list)
+    """Which comparison the SAE belongs to: "architecture" and/or "width"."""
+    k: int | None = None
+    """Trained TopK SAEs: k (default: the [train] section's)."""
+
+    @property
+    def trained(self) -> bool:
+        return self.spec is None
+
+
+@dataclass
+class StudyConfig:
+    """A whole study. ``record()`` is what study.json stores and what a rerun is compared to."""
+
+    name: str = "smollm2-embedded"
+    """The study's name (report title)."""
+    model: str = DEFAULT_MODEL
+    """Model spec: embedded:smollm2-135m, embedded:gemma3-270m, hf:REPO, gguf:PATH, a folder."""
+    corpus: str = "embedded"
+    """Corpus spec: embedded, text:PATH, jsonl:PATH[:FIELD], hf:DATASET[:CONFIG]:SPLIT[:FIELD]."""
+    seed: int = 0
+    """One seed for every stage: document splits, SAE training, samples, folds."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    dtype: str = "float32"
+    """Model dtype: float32 or bfloat16 (SAEs and statistics always run in float32)."""
+    preset: str = "default"
+    """quick, default or full: the sizes the sections start from (the CLI's --preset wins)."""
+    saes: list[SAEEntry] = field(default_factory=list)
+    """[[sae]] tables: the SAEs compared, one run each (default: the embedded study's four)."""
+    downstream: SAEEntry | None = None
+    """[downstream]: S', the same for every run, at a later hook than all of them."""
+    train: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    steer: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+    """The config file it was read from (None = the built-in embedded study)."""
+
+    def record(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    # -- the stage configs the study runs ------------------------------------------------------
+    def train_config(self, entry: SAEEntry) -> TrainConfig:
+        extra = {"k": entry.k} if entry.k is not None else {}
+        return TrainConfig(model=self.model, hook=entry.hook or "", arch=entry.arch,  # type: ignore[arg-type]
+                           width=int(entry.width or 0), corpus=self.corpus, seed=self.seed,
+                           device=self.device, dtype=self.dtype, **{**self.train, **extra})
+
+    def stats_config(self, sae_path: str, hook: str | None) -> StatsConfig:
+        return StatsConfig(sae=sae_path, model=self.model, hook=hook, corpus=self.corpus,
+                           seed=self.seed, device=self.device, dtype=self.dtype, **self.stats)
+
+    def steer_config(self, down_path: str, down_hook: str | None) -> SteerConfig:
+        return SteerConfig(downstream_sae=down_path, downstream_hook=down_hook, seed=self.seed,
+                           device=self.device, **self.steer)
+
+    def fit_config(self) -> FitConfig:
+        return FitConfig(seed=self.seed, **self.fit)
+
+    def resolved(self, section: str) -> dict[str, Any]:
+        """Every field of a stage section, defaults filled in."""
+        if section == "train":
+            return dataclasses.asdict(TrainConfig(**self.train))
+        if section == "stats":
+            return dataclasses.asdict(self.stats_config("<sae>", None))
+        if section == "steer":
+            return dataclasses.asdict(self.steer_config("<sae>", None))
+        return dataclasses.asdict(self.fit_config())
+
+
+def embedded_saes(width: int, hook: str = "blocks.12.hook_resid_post",
+                  down_hook: str = "blocks.16.hook_resid_post"
+                  ) -> tuple[list[SAEEntry], SAEEntry]:
+    """The default study's SAEs: TopK, ReLU and JumpReLU of width W at ``hook`` (architecture),
+    TopK at W and 4W (width); S' a TopK of width W at ``down_hook``."""
+    layer = HookPoint.parse(hook).layer
+    saes = [
+        SAEEntry(f"l{layer}-topk-{width}", arch="topk", width=width, hook=hook,
+                 roles=["architecture", "width"]),
+        SAEEntry(f"l{layer}-relu-{width}", arch="relu", width=width, hook=hook,
+                 roles=["architecture"]),
+        SAEEntry(f"l{layer}-jumprelu-{width}", arch="jumprelu", width=width, hook=hook,
+                 roles=["architecture"]),
+        SAEEntry(f"l{layer}-topk-{4 * width}", arch="topk", width=4 * width, hook=hook,
+                 roles=["width"]),
+    ]
+    down = SAEEntry(f"l{HookPoint.parse(down_hook).layer}-topk-{width}-downstream", arch="topk",
+                    width=width, hook=down_hook)
+    return saes, down
+
+
+def load_config(path: str | Path | None, preset: str | None = None) -> StudyConfig:
+    """The study from ``path`` (TOML or YAML; None = the built-in embedded study) and a preset
+    (the CLI's ``--preset`` wins over the file's ``preset``)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_config_file(path)
+    name = preset or raw.get("preset") or "default"
+    if name not in PRESETS:
+        raise SpecError(f"unknown preset {name!r}", f"use one of {', '.join(PRESETS)}")
+    return build_config(raw, name, source=str(path) if path is not None else None)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"config file not found: {p}", "check the path (ready configs live in "
+                        "configs/)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"config file {p} is not UTF-8 text", "save it as UTF-8 TOML") from None
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text)
+    except Exception as e:  # the parsers' messages carry line and column
+        raise SpecError(f"config file {p} does not parse: {e}",
+                        "fix the syntax (TOML: key = value, [section], [[sae]])") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"config file {p} does not hold a table of settings",
+                        "write key = value pairs and [sections]")
+    return data
+
+
+TOP_FIELDS = ("name", "model", "corpus", "seed", "device", "dtype", "preset", "width", "sae",
+              "downstream", "train", "stats", "steer", "fit")
+
+
+def build_config(raw: dict[str, Any], preset: str, source: str | None = None) -> StudyConfig:
+    """Validate a parsed config against the preset; every error names the field and the fix."""
+    _unknown(raw, TOP_FIELDS, "the config's top level")
+    base = PRESET_VALUES[preset]
+    cfg = StudyConfig(preset=preset, source=source)
+    for key in ("name", "model", "corpus", "device", "dtype"):
+        if key in raw:
+            setattr(cfg, key, _typed(raw[key], str, key))
+    if "seed" in raw:
+        cfg.seed = _typed(raw["seed"], int, "seed")
+    width = _typed(raw.get("width", base["width"]), int, "width")
+    ModelSpec.parse(cfg.model)
+    check_corpus_spec(cfg.corpus)
+    if cfg.device not in ("cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise SpecError(f"device {cfg.device!r} is not cpu or cuda", "set device = \"cpu\"")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise SpecError(f"dtype {cfg.dtype!r} is not float32 or bfloat16",
+                        "set dtype = \"float32\"")
+
+    for section in STAGE_CLASSES:
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise SpecError(f"[{section}] must be a table of settings",
+                            f"write [{section}] followed by key = value lines")
+        setattr(cfg, section, {**base[section], **_section(section, given)})
+
+    if "sae" in raw:
+        tables = raw["sae"]
+        if not isinstance(tables, list) or not tables:
+            raise SpecError("`sae` must be a list of SAE tables", "write one [[sae]] table per "
+                            "SAE you compare")
+        cfg.saes = [_entry(t, f"[[sae]] #{i + 1}", width) for i, t in enumerate(tables)]
+        if "downstream" not in raw:
+            raise SpecError("the config lists SAEs but no [downstream] SAE",
+                            "add a [downstream] table (S' at a later hook, the same for all "
+                            "SAEs): spec = \"...\" or arch/width/hook to train one")
+        cfg.downstream = _entry({"name": "downstream", **raw["downstream"]}, "[downstream]",
+                                width)
+    elif "downstream" in raw:
+        raise SpecError("a [downstream] table without [[sae]] tables",
+                        "list the SAEs to compare as [[sae]] tables")
+    else:  # the built-in embedded study, sized by the preset
+        cfg.saes, cfg.downstream = embedded_saes(width)
+    _check_study(cfg)
+    return cfg
+
+
+def _entry(t: Any, where: str, width: int) -> SAEEntry:
+    if not isinstance(t, dict):
+        raise SpecError(f"{where} must be a table", "write name = ..., spec = ... lines")
+    fields = [f.name for f in dataclasses.fields(SAEEntry)]
+    _unknown(t, fields, where)
+    if "name" not in t:
+        raise SpecError(f"{where} has no name", "add name = \"...\" (its run folder's name)")
+    kw: dict[str, Any] = {}
+    hints = typing.get_type_hints(SAEEntry)
+    for k, v in t.items():
+        kw[k] = _typed(v, hints[k], f"{where}.{k}")
+    e = SAEEntry(**kw)
+    if not e.name or not all(c.isalnum() or c in "-_." for c in e.name) or e.name[0] == ".":
+        raise SpecError(f"{where}: name {e.name!r} is not a folder name",
+                        "use letters, digits, '-', '_' and '.'")
+    bad_roles = [r for r in e.roles if r not in ROLES]
+    if bad_roles:
+        raise SpecError(f"{where}: unknown roles {bad_roles}", f"use {' and/or '.join(ROLES)}")
+    if e.trained:
+        if e.arch not in ARCHS:
+            raise SpecError(f"{where}: unknown arch {e.arch!r}", f"use one of {', '.join(ARCHS)}")
+        if e.hook is None:
+            raise SpecError(f"{where}: a trained SAE needs a hook",
+                            "add hook = \"blocks.L.hook_resid_post\", or spec = ... for an "
+                            "existing SAE")
+        e.width = e.width or width
+        if e.width < 2:
+            raise SpecError(f"{where}: width must be at least 2", "set width = 2048")
+    else:
+        from steerscreen.saes.io import check_sae_spec
+
+        check_sae_spec(e.spec or "")
+    if e.hook is not None:
+        HookPoint.parse(e.hook)
+    return e
+
+
+def _check_study(cfg: StudyConfig) -> None:
+    names = [e.name for e in cfg.saes]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SpecError(f"SAE names {dup} appear more than once",
+                        "give every [[sae]] its own name")
+    down = cfg.downstream
+    assert down is not None
+    if down.hook is not None:
+        d = HookPoint.parse(down.hook)
+        for e in cfg.saes:
+            if e.hook is not None and HookPoint.parse(e.hook).depth >= d.depth:
+                raise SpecError(f"SAE {e.name!r} at {e.hook} does not lie before the downstream "
+                                f"hook {down.hook}", "put S' at a later layer")
+    # Build every stage config once: their own checks run now, before anything is loaded.
+    for e in [*cfg.saes, down]:
+        if e.trained:
+            cfg.train_config(e)
+    cfg.stats_config("<sae>", None)
+    cfg.steer_config("<sae>", None)
+    cfg.fit_config()
+
+
+def _section(section: str, given: dict[str, Any]) -> dict[str, Any]:
+    cls = STAGE_CLASSES[section]
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in OWNED[section]]
+    owned = sorted(set(given) & set(OWNED[section]))
+    if owned:
+        raise SpecError(f"[{section}] sets {owned}, which the study sets itself",
+                        "set model/corpus/seed/device/dtype at the top level and SAEs and "
+                        "hooks in [[sae]] / [downstream]")
+    _unknown(given, allowed, f"[{section}]")
+    return {k: _typed(v, hints[k], f"{section}.{k}") for k, v in given.items()}
+
+
+def _unknown(given: dict[str, Any], allowed: Any, where: str) -> None:
+    allowed = list(allowed)
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            raise SpecError(
+                f"{where}: unknown field {key!r}" + (f" (did you mean {close[0]!r}?)" if close
+                                                      else ""),
+                f"valid fields: {', '.join(allowed)} (docs/study.md documents each)")
+
+
+def _typed(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked (and, for lists, converted) against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _typed(value, a, where)
+            except SpecError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is typing.Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise SpecError(f"{where} = {value!r} is not one of {typing.get_args(tp)}",
+                        f"set {where.rsplit('.', 1)[-1]} to one of them")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise SpecError(f"{where} must be a list, got {value!r}",
+                            f"write {where.rsplit('.', 1)[-1]} = [...]")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        items = [_typed(v, inner, where) for v in value]
+        return items if origin is list else tuple(items)
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, int | float) and not isinstance(value, bool),
+          str: isinstance(value, str)}.get(tp, True)
+    if not ok:
+        raise SpecError(f"{where} = {value!r} is not {getattr(tp, '__name__', tp)}",
+                        f"write a {getattr(tp, '__name__', tp)} value for "
+                        f"{where.rsplit('.', 1)[-1]}")
+    return float(value) if tp is float else value
+
+
+__all__ = ["OWNED", "PRESETS", "PRESET_BUDGET_S", "PRESET_VALUES", "ROLES", "SAEEntry",
+           "StudyConfig", "build_config", "embedded_saes", "load_config", "read_config_file"]

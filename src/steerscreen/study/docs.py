@@ -1,0 +1,225 @@
+"""Render ``docs/study.md`` from the config dataclasses, so every field is documented once.
+
+    python -m steerscreen.study.docs --write docs/study.md
+
+Field descriptions are the attribute docstrings of the stage configs (``TrainConfig``,
+``StatsConfig``, ``SteerConfig``, ``FitConfig``) and of ``StudyConfig`` / ``SAEEntry``; the
+shipped configs' ``# needs:`` / ``# cost:`` comments fill the configs table. A test checks that
+the committed file equals :func:`markdown`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from steerscreen.study.config import (
+    OWNED,
+    PRESET_BUDGET_S,
+    PRESET_VALUES,
+    PRESETS,
+    STAGE_CLASSES,
+    TOP_FIELDS,
+    SAEEntry,
+    StudyConfig,
+)
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+_INTRO = """\
+# Studies: `steerscreen run`
+
+A study compares several SAEs on one model (METHOD §5): it trains the SAEs it needs, then runs
+`stats -> steer -> fit` for each SAE (one run folder each, the same downstream SAE S' for all),
+compares the runs (transfer) and writes the report.
+
+```bash
+steerscreen run --preset quick --out STUDY          # the embedded study, <= 15 min on 2 cores
+steerscreen run --out STUDY                         # the embedded study, default preset
+steerscreen run --config configs/gpt2-small.toml --out STUDY     # a paper setting
+steerscreen run --config FILE --dry-run             # validate and print the plan only
+```
+
+It prints its plan (every stage, its work and a time estimate) before it starts, and at the end
+the report's path and three headline numbers of the first SAE: does the full predictor beat
+frequency + magnitude (delta Spearman rho on fresh-context cleanliness), does it survive
+residualisation on the baselines, and what does screening pay held out (top 20% by prediction vs
+random selection), each with its CI.
+
+Layout:
+
+```
+STUDY/study.json        resolved config, runs, plan, stage timings, headline, environment
+STUDY/saes/NAME/        SAEs trained for the study (SAELens folders + training_summary.json)
+STUDY/runs/NAME/        one run folder per SAE (METHOD §5)
+STUDY/comparison/       transfer.parquet, runs.parquet
+STUDY/report.html       the report (plus figures/ and summary.md)
+```
+
+**Resuming.** Every stage is cached: trained SAEs by their full config (in
+`$STEERSCREEN_CACHE`), run stages by their manifest records, steering by shards. Interrupt a
+study and run the same command again: finished work is skipped, the steer stage continues from
+its last shard. A folder that holds a study with another config is refused (name the
+differences) unless `--force`.
+
+**The dose.** The calibrated strength (METHOD §2) depends on the model, hook, residual norm and
+calibration contexts, not on the SAE: a study calibrates once and every run on that hook steers at
+the same s (recorded in each run's manifest).
+"""
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal right after a field) of a dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for a, b in itertools.pairwise(body):
+        if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
+                and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+                and isinstance(b.value.value, str)):
+            docs[a.target.id] = " ".join(b.value.value.split()).replace("|", "\\|")
+    return docs
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:_}" if abs(v) >= 10_000 else str(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _type(f: dataclasses.Field) -> str:
+    # " | " would split a markdown table cell.
+    return (str(f.type).replace("typing.", "").replace("Literal", "one of ")
+            .replace(" | None", " or none").replace(" | ", " or "))
+
+
+def markdown() -> str:
+    out = [_INTRO]
+    out.append("## Top-level fields\n\n| field | type | default | meaning |\n|---|---|---|---|")
+    docs = _attribute_docs(StudyConfig)
+    fields = {f.name: f for f in dataclasses.fields(StudyConfig)}
+    for name in TOP_FIELDS:
+        if name == "width":
+            out.append("| `width` | int | preset | W of the built-in embedded study: SAEs of "
+                       "width W and 4W (used when the file lists no [[sae]]; also the default "
+                       "width of trained [[sae]] entries) |")
+            continue
+        key = {"sae": "saes"}.get(name, name)
+        f = fields[key]
+        if name in STAGE_CLASSES:
+            out.append(f"| `[{name}]` | table | preset | the {name} stage's settings (below) |")
+            continue
+        shown = "table" if name == "downstream" else ("tables" if name == "sae" else _type(f))
+        default = "the embedded study" if name in ("sae", "downstream") else _fmt(_default(f))
+        out.append(f"| `{'[[sae]]' if name == 'sae' else name}` | {shown} | {default} | "
+                   f"{docs.get(key, '')} |")
+    out.append("\n## `[[sae]]` and `[downstream]`\n\nOne `[[sae]]` table per SAE compared; "
+               "`[downstream]` takes the same fields (its name defaults to `downstream`). An "
+               "entry with `spec` uses that SAE; one without is trained by steerscreen on the "
+               "study's model and corpus with the `[train]` settings.\n\n"
+               "| field | type | default | meaning |\n|---|---|---|---|")
+    docs = _attribute_docs(SAEEntry)
+    for f in dataclasses.fields(SAEEntry):
+        out.append(f"| `{f.name}` | {_type(f)} | {_fmt(_default(f))} | {docs.get(f.name, '')} |")
+
+    out.append("\n## Presets\n\nA preset fills the sections' sizes; the file's values win. "
+               "Budgets are for the embedded study on the reference machine (2 CPU cores); the "
+               "plan printed before a run estimates the rest.\n")
+    out.append("| | " + " | ".join(f"`{p}`" for p in PRESETS) + " |\n|---|"
+               + "---|" * len(PRESETS))
+    budget = ["no budget" if PRESET_BUDGET_S[p] is None
+              else f"<= {PRESET_BUDGET_S[p] // 60} min" for p in PRESETS]
+    out.append("| budget | " + " | ".join(budget) + " |")
+    out.append("| `width` | " + " | ".join(str(PRESET_VALUES[p]["width"]) for p in PRESETS)
+               + " |")
+    for section in STAGE_CLASSES:
+        keys = sorted({k for p in PRESETS for k in PRESET_VALUES[p][section]})
+        for k in keys:
+            vals = [_fmt(PRESET_VALUES[p][section].get(k, "(default)")).strip('"')
+                    for p in PRESETS]
+            out.append(f"| `{section}.{k}` | " + " | ".join(vals) + " |")
+
+    for section, cls in STAGE_CLASSES.items():
+        docs = _attribute_docs(cls)
+        owned = ", ".join(f"`{o}`" for o in OWNED[section])
+        out.append(f"\n## `[{section}]`\n\nThe fields of `{cls.__module__}.{cls.__name__}` "
+                   f"(the `steerscreen {_COMMAND[section]}` options). The study sets {owned} "
+                   "itself.\n\n| field | type | default | meaning |\n|---|---|---|---|")
+        for f in dataclasses.fields(cls):
+            if f.name in OWNED[section]:
+                continue
+            default = _fmt(_default(f))
+            if section == "train" and f.name == "lr":
+                default = "1e-3 (3e-3 for jumprelu)"
+            out.append(f"| `{f.name}` | {_type(f)} | {default} | {docs.get(f.name, '')} |")
+
+    out.append("\n## Ready configs (`configs/`)\n\nEach validates offline "
+               "(`steerscreen run --config FILE --dry-run`; a test runs them all). What each "
+               "needs and costs, from its header:\n\n| config | needs | cost |\n|---|---|---|")
+    for path in sorted(CONFIGS.glob("*.toml")):
+        needs, cost = _header(path)
+        out.append(f"| [`{path.name}`](../configs/{path.name}) | {needs} | {cost} |")
+    return "\n".join(out) + "\n"
+
+
+_COMMAND = {"train": "train-sae", "stats": "stats", "steer": "steer", "fit": "fit"}
+
+
+def _header(path: Path) -> tuple[str, str]:
+    """The ``# needs:`` and ``# cost:`` paragraphs of a config's comment header."""
+    parts: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            if line.strip():
+                break
+            continue
+        text = line[1:].strip()
+        for key in ("needs", "cost"):
+            if text.startswith(f"{key}:"):
+                current = key
+                text = text[len(key) + 1:].strip()
+                parts[current] = []
+        if current and text:
+            parts[current].append(text)
+    return (" ".join(parts.get("needs", ["-"])).replace("|", "/"),
+            " ".join(parts.get("cost", ["-"])).replace("|", "/"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Render docs/study.md")
+    ap.add_argument("--write", type=Path, help="write here instead of stdout")
+    args = ap.parse_args(argv)
+    text = markdown()
+    if args.write:
+        args.write.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

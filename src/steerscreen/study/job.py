@@ -1,0 +1,289 @@
+"""The main job: train the SAEs a study needs, then stats -> steer -> fit per SAE, compare, report.
+
+Layout (METHOD §5)::
+
+    STUDY/study.json            the resolved config, the runs, stage timings, the headline
+    STUDY/saes/NAME/            SAEs steerscreen trained (SAELens folders, with their summary)
+    STUDY/runs/NAME/            one run folder per SAE compared
+    STUDY/comparison/           transfer.parquet, runs.parquet (steerscreen compare)
+    STUDY/report.html           plus figures/ and summary.md
+
+Every stage is cached and resumable on its own (trained SAEs by config key, run stages by their
+manifest records, steering by shards), so rerunning the same command continues where it stopped
+and a finished study reruns in seconds. The model is loaded once and shared by every stage; the
+dose calibration is computed once and shared by the runs (it does not depend on the SAE).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steerscreen import __version__
+from steerscreen.errors import ArtifactError
+from steerscreen.files import atomic_dir, atomic_path, write_json
+from steerscreen.runs import StageConflict, environment, utc_now
+from steerscreen.study.config import SAEEntry, StudyConfig
+from steerscreen.study.plan import Plan, format_duration, make_plan
+
+STUDY_FORMAT = "steerscreen-study/1"
+STUDY_FILE = "study.json"
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One SAE's run inside the study."""
+
+    name: str
+    path: str  # relative to the study folder
+    sae: str  # the spec the run used (a study-local folder for trained SAEs)
+    hook: str | None
+    arch: str | None
+    width: int | None
+    roles: list[str]
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The three numbers a study ends on (the first SAE's run, METHOD §4)."""
+
+    run: str
+    delta_rho: float | None  # primary endpoint: full vs freq+mag, cleanliness @ fresh
+    delta_ci: tuple[float | None, float | None]
+    residual_rho: float | None  # cleanliness after regressing out the baselines
+    residual_ci: tuple[float | None, float | None]
+    payoff: float | None  # held-out: top-20% by prediction vs random, cleanliness @ fresh
+    payoff_ci: tuple[float | None, float | None]
+
+    def lines(self) -> list[str]:
+        def ci(v: float | None, c: tuple[float | None, float | None]) -> str:
+            if v is None:
+                return "n/a"
+            lo, hi = c
+            return f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None \
+                else f"{v:+.3f}"
+        return [
+            f"primary endpoint, delta rho (full vs freq+mag): {ci(self.delta_rho, self.delta_ci)}",
+            f"rho after regressing out freq and mag: {ci(self.residual_rho, self.residual_ci)}",
+            f"held-out payoff vs random selection: {ci(self.payoff, self.payoff_ci)}"]
+
+
+@dataclass
+class StudyResult:
+    folder: Path
+    runs: list[StudyRun]
+    plan: Plan
+    report: Path | None = None
+    headline: Headline | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_study(cfg: StudyConfig, out: str | Path, *, force: bool = False,
+              make_report: bool = True, model: Any = None,
+              log: Callable[[str], None] | None = None, progress: bool = True) -> StudyResult:
+    """Run (or resume) the study ``cfg`` in the folder ``out``.
+
+    ``model``: an already-loaded :class:`~steerscreen.models.HookedModel` to use instead of
+    loading ``cfg.model`` (tests, notebooks)."""
+    say = log or (lambda _m: None)
+    folder = Path(out)
+    plan = make_plan(cfg)
+    _guard(folder, cfg, force)
+    folder.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"format": STUDY_FORMAT, "steerscreen_version": __version__,
+                              "name": cfg.name, "preset": cfg.preset, "source": cfg.source,
+                              "config": cfg.record(), "status": "running",
+                              "started_utc": utc_now(),
+                              "environment": environment(cfg.device, cfg.dtype),
+                              "plan": [asdict(s) for s in plan.steps], "timings": {}}
+    write_json(folder / STUDY_FILE, record)
+    timings: dict[str, float] = record["timings"]
+
+    def timed(key: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        value = fn()
+        timings[key] = round(time.perf_counter() - t, 3)
+        write_json(folder / STUDY_FILE, record)  # progress survives an interruption
+        return value
+
+    from steerscreen.models import load_model
+    from steerscreen.saes.io import load_sae
+    from steerscreen.screening.stage import run_fit
+    from steerscreen.stats.stage import run_stats
+    from steerscreen.steering.stage import run_steer
+
+    if model is None:
+        say(f"loading {cfg.model} on {cfg.device}")
+        model = timed("load_model", lambda: load_model(cfg.model, cfg.device, cfg.dtype))
+    paths = timed("train", lambda: _train(cfg, folder, model, say))
+    down = cfg.downstream
+    assert down is not None
+    down_spec = paths.get(down.name, down.spec or "")
+    down_sae = load_sae(down_spec, device=cfg.device)
+    runs = [StudyRun(e.name, f"runs/{e.name}", paths.get(e.name, e.spec or ""), e.hook,
+                     e.arch if e.trained else None, e.width, list(e.roles)) for e in cfg.saes]
+    record["runs"] = [asdict(r) for r in runs]
+    record["downstream"] = {"name": down.name, "sae": down_spec, "hook": down.hook}
+    calibrations: dict = {}
+    n = len(runs)
+    for i, r in enumerate(runs):
+        run_dir = folder / r.path
+        say(f"[{i + 1}/{n}] {r.name}: stats")
+        timed(f"stats/{r.name}", lambda r=r, run_dir=run_dir: _stage(force, lambda f: run_stats(
+            cfg.stats_config(r.sae, r.hook), run_dir, force=f, model=model,
+            progress=progress, log=say)))
+        say(f"[{i + 1}/{n}] {r.name}: steer")
+        timed(f"steer/{r.name}", lambda run_dir=run_dir: _stage(force, lambda f: run_steer(
+            cfg.steer_config(down_spec, down.hook), run_dir, force=f, model=model,
+            down=down_sae, calibrations=calibrations, progress=progress, log=say)))
+        say(f"[{i + 1}/{n}] {r.name}: fit")
+        timed(f"fit/{r.name}", lambda run_dir=run_dir: _stage(force, lambda f: run_fit(
+            cfg.fit_config(), run_dir, force=f, log=say)))
+    if n > 1:
+        say("comparing runs (transfer)")
+        timed("compare", lambda: _compare(cfg, folder, runs))
+    result = StudyResult(folder, runs, plan, timings=timings)
+    result.headline = headline(folder, runs[0])
+    record["headline"] = asdict(result.headline) if result.headline else None
+    record |= {"status": "complete", "finished_utc": utc_now()}
+    write_json(folder / STUDY_FILE, record)
+    if make_report:  # last: it reads study.json (status, timings) like any other reader
+        say("writing the report")
+        from steerscreen.report import write_report
+
+        for r in runs:  # each run folder gets its own report too (METHOD §5)
+            timed(f"report/{r.name}", lambda r=r: write_report(folder / r.path))
+        rep = timed("report", lambda: write_report(folder))
+        result.report = Path(rep.html)
+    return result
+
+
+# -- stages ------------------------------------------------------------------------------------
+def _stage(force: bool, fn: Callable[[bool], Any]) -> Any:
+    """Run a stage; with ``force``, recompute it only where its recorded config or inputs
+    differ (an unchanged stage is still skipped, and a stale one reruns by itself)."""
+    try:
+        return fn(False)
+    except StageConflict:
+        if not force:
+            raise
+        return fn(True)
+
+
+def _guard(folder: Path, cfg: StudyConfig, force: bool) -> None:
+    """Refuse a folder holding another study (or something else) unless ``force``."""
+    import json
+
+    path = folder / STUDY_FILE
+    if not path.exists():
+        if folder.exists() and any(folder.iterdir()) and not force:
+            raise ArtifactError(f"{folder} is not empty and holds no study",
+                                "pick a new --out folder, or pass --force to use it anyway")
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path} is unreadable ({e})",
+                            "delete it (the runs inside are kept) or pick a new --out") from e
+    new = json.loads(json.dumps(cfg.record()))  # as stored: tuples read back as lists
+    if old.get("config") != new and not force:
+        changed = sorted(k for k in set(old.get("config", {})) | set(new)
+                         if old.get("config", {}).get(k) != new.get(k))
+        raise ArtifactError(
+            f"{folder} holds a study with another config (differs in: {', '.join(changed)})",
+            "rerun with the same config and preset to resume, write to a new --out, or pass "
+            "--force to recompute what changed")
+
+
+def _train(cfg: StudyConfig, folder: Path, model: Any, say: Callable[[str], None]
+           ) -> dict[str, str]:
+    """Train (or take from the cache) every SAE without a spec; -> name: study-local folder."""
+    from steerscreen.saes.training import train_saes
+
+    entries: list[SAEEntry] = [e for e in [*cfg.saes, cfg.downstream]
+                               if e is not None and e.trained]
+    if not entries:
+        return {}
+    configs = [cfg.train_config(e) for e in entries]
+    summaries = train_saes(configs, model=model, log=say)
+    paths: dict[str, str] = {}
+    for e, s in zip(entries, summaries, strict=True):
+        dest = folder / "saes" / e.name
+        summary_file = dest / "training_summary.json"
+        if not (summary_file.is_file() and _same_key(summary_file, s.cache_key)):
+            with atomic_dir(dest) as tmp:
+                shutil.copytree(s.sae_path, tmp, dirs_exist_ok=True)
+        paths[e.name] = str(dest)
+        say(f"{e.name}: {e.arch} {e.width} at {e.hook}: explained variance "
+            f"{s.explained_variance:.3f}, L0 {s.mean_l0:.1f}, dead {s.dead_fraction:.1%}"
+            + (" (cached)" if s.cached else ""))
+    return paths
+
+
+def _same_key(summary_file: Path, key: str) -> bool:
+    import json
+
+    try:
+        return json.loads(summary_file.read_text()).get("cache_key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def _compare(cfg: StudyConfig, folder: Path, runs: list[StudyRun]) -> None:
+    from steerscreen.screening.transfer import compare
+
+    transfer, per_run = compare([folder / r.path for r in runs],
+                                n_boot=cfg.fit_config().n_boot, seed=cfg.seed)
+    names = {str(folder / r.path): r.name for r in runs}
+    import polars as pl
+
+    # Run names, not absolute paths: the study folder can move.
+    transfer = transfer.with_columns(pl.col("train").replace(names), pl.col("test").replace(names))
+    per_run = per_run.with_columns(pl.col("run").replace(names))
+    out = folder / "comparison"
+    out.mkdir(exist_ok=True)
+    for name, df in (("transfer.parquet", transfer), ("runs.parquet", per_run)):
+        with atomic_path(out / name) as tmp:
+            df.write_parquet(tmp)
+
+
+def headline(folder: Path, run: StudyRun) -> Headline | None:
+    import json
+
+    path = folder / run.path / "screening" / "summary.json"
+    try:
+        s = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    p = s.get("primary_endpoint") or {}
+    res = next((r for r in s.get("residualised") or [] if r.get("outcome") == "cleanliness"),
+               {})
+    pay = next((h for h in s.get("heldout") or [] if h.get("outcome") == "cleanliness"
+                and h.get("selector") == "full"), {})
+    return Headline(run.name, p.get("delta_rho"), (p.get("delta_lo"), p.get("delta_hi")),
+                    res.get("rho"), (res.get("rho_lo"), res.get("rho_hi")),
+                    pay.get("payoff_vs_random"), (pay.get("vs_random_lo"),
+                                                  pay.get("vs_random_hi")))
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """The plan as lines (the CLI prints a table; logs and tests use this)."""
+    lines = [f"{s.stage:8s} {s.target:28s} {format_duration(s.estimate_s):>9s}  {s.work}"
+             for s in plan.steps]
+    total = plan.total_s
+    budget = plan.budget_s
+    if total is None:
+        lines.append("estimated total: no time estimate for this model and device (estimates "
+                     "cover the embedded models on CPU)")
+    else:
+        lines.append(f"estimated total {format_duration(total)}"
+                     + (f" (budget {format_duration(budget)})" if budget else ""))
+    return lines
+
+
+__all__ = ["STUDY_FILE", "Headline", "StudyResult", "StudyRun", "describe_plan", "headline",
+           "run_study"]

@@ -1,0 +1,116 @@
+"""The plan a study prints before it starts: every stage, its work, and a time estimate.
+
+Estimates use throughputs measured on the project's reference machine (2 CPU cores, no GPU) with
+the embedded SmolLM2 (docs/benchmarks.md): they are there so a user sees the size of the job
+before committing to it, not as a promise. Other models get the work counts without a time
+(``steerscreen plan`` of issue 8 owns the GPU cost model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from steerscreen.models import HookPoint
+from steerscreen.study.config import PRESET_BUDGET_S, StudyConfig
+
+# Measured on 2 CPU cores, SmolLM2-135M (d_model 576, vocabulary 49,152; docs/benchmarks.md).
+_CPU_RATES = {
+    "embedded:smollm2-135m": {
+        "layer_tokens_per_s": 15_000.0,  # bare forward to layer 12: 1,168 tokens/s x 13 layers
+        "n_layers": 30,
+        "train_samples_per_s_4096": 4_300.0,  # SAELens SAETrainer, TopK 576 x 4096
+        "table_s_per_4096": 18.0,  # feature_stats + examples for 4,096 features
+        "steer_s_per_position": 2.2e-3,  # engine: 287 s for 64 x 32 x 63 steered positions
+        "stats_overhead": 1.2,
+    },
+}
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    stage: str  # train | stats | steer | fit | compare | report
+    target: str  # the run (SAE) or "study"
+    work: str  # what it computes, in words and counts
+    estimate_s: float | None  # None: no estimate for this model/device
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: list[PlanStep]
+    budget_s: float | None
+
+    @property
+    def total_s(self) -> float | None:
+        est = [s.estimate_s for s in self.steps]
+        return None if any(e is None for e in est) else float(sum(e for e in est if e))
+
+
+def make_plan(cfg: StudyConfig) -> Plan:
+    rates = _CPU_RATES.get(cfg.model) if cfg.device == "cpu" else None
+    tr, st, sr, ft = (cfg.resolved(s) for s in ("train", "stats", "steer", "fit"))
+    steps: list[PlanStep] = []
+    trained = [e for e in [*cfg.saes, cfg.downstream] if e is not None and e.trained]
+    if trained:
+        depth = max(HookPoint.parse(e.hook or "").layer for e in trained) + 1
+        n_tok = tr["tokens"] + tr["heldout_tokens"]
+        est = None
+        if rates:
+            est = n_tok * depth / rates["layer_tokens_per_s"]
+        steps.append(PlanStep("train", "study", f"collect {n_tok:,} tokens of activations "
+                              f"(layers 0..{depth - 1})", est))
+        for e in trained:
+            samples = tr["tokens"] * tr["epochs"]
+            est = None
+            if rates:
+                est = samples / rates["train_samples_per_s_4096"] * max(1.0, (e.width or 0)
+                                                                        / 4096)
+            steps.append(PlanStep("train", e.name, f"{e.arch} SAE, {e.width:,} features at "
+                                  f"{e.hook}: {samples:,} samples", est))
+    positions = sr["features"] + sr["random_directions"]
+    ctx = sr["contexts"] + sr["fresh_contexts"]
+    steer_pos = positions * ctx * (sr["context_len"] - 1)
+    calibrated = sr["strengths"] is None
+    n_strengths = 1 if calibrated else len(sr["strengths"])
+    for i, e in enumerate(cfg.saes):
+        layer = HookPoint.parse(e.hook).layer if e.hook else None
+        width = e.width
+        est = None
+        if rates and layer is not None and width:
+            est = (st["tokens"] * (layer + 1) / rates["layer_tokens_per_s"]
+                   * rates["stats_overhead"] + rates["table_s_per_4096"] * width / 4096)
+        steps.append(PlanStep("stats", e.name, f"{st['tokens']:,} tokens, every METHOD §1 "
+                              "column", est))
+        est = None
+        if rates:
+            est = steer_pos * n_strengths * rates["steer_s_per_position"]
+            if calibrated and i == 0:  # once per study (shared by the runs)
+                est += (3 * sr["calibration_directions"] * sr["calibration_contexts"]
+                        * (sr["context_len"] - 1) * rates["steer_s_per_position"])
+        steps.append(PlanStep(
+            "steer", e.name, f"{sr['features']} features + {sr['random_directions']} random "
+            f"directions x {sr['contexts']} steering + {sr['fresh_contexts']} fresh contexts "
+            f"of {sr['context_len']} tokens x {n_strengths} strength(s)"
+            + (" (calibrated)" if calibrated else ""), est))
+        est = 15 + 0.6 * ft["n_permutations"] + 4 * ft["n_repeats"] if rates else None
+        steps.append(PlanStep("fit", e.name, f"{ft['n_repeats']} x {ft['n_splits']}-fold CV, "
+                              f"{ft['n_permutations']} permutations, {ft['n_boot']} bootstrap "
+                              "resamples", est))
+    if len(cfg.saes) > 1:
+        steps.append(PlanStep("compare", "study", f"transfer between {len(cfg.saes)} runs",
+                              10.0 if rates else None))
+    steps.append(PlanStep("report", "study", "report.html, figures, summary.md",
+                          10.0 if rates else None))
+    return Plan(steps, PRESET_BUDGET_S.get(cfg.preset) if cfg.model in _CPU_RATES else None)
+
+
+def format_duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+__all__ = ["Plan", "PlanStep", "format_duration", "make_plan"]
