@@ -53,6 +53,16 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def _grid(n: int, row_height: float, pad: float, ncol: int = 3) -> tuple[Figure, np.ndarray]:
+    """A 10-inch-wide figure with ``n`` panels in rows of ``ncol``; unused panels hidden."""
+    nrow = math.ceil(n / ncol)
+    fig = _new(10, row_height * nrow + pad)
+    axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def _new(w: float, h: float) -> Figure:
     return Figure(figsize=(w, h), layout="constrained")
 
@@ -153,11 +163,8 @@ def payoff(heldout: pl.DataFrame) -> bytes:
              "vs_random_hi", BASELINE),
             ("full\n− freq+mag", "full", "payoff_vs_baseline", "vs_baseline_lo",
              "vs_baseline_hi", GROUP))
-    ncol = 3
-    nrow = math.ceil(len(outcomes) / ncol)
     with rc_context(STYLE):
-        fig = _new(10, 2.5 * nrow + .3)
-        axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
+        fig, axes = _grid(len(outcomes), 2.5, .3)
         for ax, outcome in zip(axes, outcomes, strict=False):
             sel = {r["selector"]: r for r in heldout.filter(pl.col("outcome") == outcome)
                    .iter_rows(named=True)}
@@ -172,8 +179,6 @@ def payoff(heldout: pl.DataFrame) -> bytes:
             ax.set_xticks(range(len(bars)), [b[0] for b in bars])
             ax.set_title(LABELS.get(outcome, outcome))
             ax.grid(axis="x", visible=False)
-        for ax in axes[len(outcomes):]:
-            ax.set_visible(False)
         return _png(fig)
 
 
@@ -191,11 +196,8 @@ def distributions(rows: pl.DataFrame, context_set: str) -> bytes:
     cols = [c for c in DIST_COLUMNS if c in rows.columns]
     feat = rows.filter(pl.col("direction") == "feature")
     rand = rows.filter(pl.col("direction") == "random")
-    ncol = 3
-    nrow = math.ceil(len(cols) / ncol)
     with rc_context(STYLE):
-        fig = _new(10, 2.4 * nrow + .4)
-        axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
+        fig, axes = _grid(len(cols), 2.4, .4)
         for ax, col in zip(axes, cols, strict=False):
             f = feat[col].to_numpy().astype(float)
             r = rand[col].to_numpy().astype(float)
@@ -220,8 +222,6 @@ def distributions(rows: pl.DataFrame, context_set: str) -> bytes:
             ax.set_yticks([])
             ax.grid(axis="y", visible=False)
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2)
-        for ax in axes[len(cols):]:
-            ax.set_visible(False)
         return _png(fig)
 
 

@@ -77,6 +77,14 @@ def _cmd(run: RunData, stage: str) -> str:
             "fit": f"steerscreen fit --run {p}"}[stage]
 
 
+def _fit_gate(run: RunData, table: object, what: str) -> Safe | None:
+    """The placeholder when the fit stage, or its table ``what``, is missing."""
+    gate = _gate(run, "fit")
+    if gate is None and table is None:  # an older fit that did not write this table
+        gate = missing(what, _cmd(run, "fit") + " --force")
+    return gate
+
+
 def _gate(run: RunData, stage: str) -> Safe | None:
     """The placeholder for the first missing stage up to ``stage``, else None."""
     needs = [("stats", run.stats is not None, "per-feature statistics (feature_stats.parquet)"),
@@ -198,10 +206,8 @@ def join_badge(text: str, good: bool) -> Safe:
 # --- scatter, ablation, payoff --------------------------------------------------------------------
 def scatter_section(run: RunData, prefix: str = "") -> Section:
     title = "Predicted vs measured"
-    gate = _gate(run, "fit")
-    if gate is None and run.predictions is None:
-        gate = missing("out-of-fold predictions (screening/predictions.parquet)",
-                       _cmd(run, "fit") + " --force")
+    gate = _fit_gate(run, run.predictions,
+                     "out-of-fold predictions (screening/predictions.parquet)")
     if gate is not None:
         return section(prefix, "scatter", title, gate)
     cs = run.primary_set
@@ -221,9 +227,7 @@ def scatter_section(run: RunData, prefix: str = "") -> Section:
 
 def ablation_section(run: RunData, prefix: str = "") -> Section:
     title = "Which predictor groups matter"
-    gate = _gate(run, "fit")
-    if gate is None and run.cv is None:
-        gate = missing("CV metrics (screening/cv_metrics.parquet)", _cmd(run, "fit") + " --force")
+    gate = _fit_gate(run, run.cv, "CV metrics (screening/cv_metrics.parquet)")
     if gate is not None:
         return section(prefix, "ablation", title, gate)
     cs = run.primary_set
@@ -246,10 +250,7 @@ def ablation_section(run: RunData, prefix: str = "") -> Section:
 
 def payoff_section(run: RunData, prefix: str = "") -> Section:
     title = "Held-out payoff"
-    gate = _gate(run, "fit")
-    if gate is None and run.heldout is None:
-        gate = missing("held-out screening (screening/heldout.parquet)",
-                       _cmd(run, "fit") + " --force")
+    gate = _fit_gate(run, run.heldout, "held-out screening (screening/heldout.parquet)")
     if gate is not None:
         return section(prefix, "payoff", title, gate)
     plot, fig = make_plot(prefix, "payoff", figures.payoff(run.heldout),
