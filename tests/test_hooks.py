@@ -88,6 +88,18 @@ def test_early_stop_and_start_from_cache(model):
     torch.testing.assert_close(fin.logits, last.logits, rtol=0, atol=1e-5)
 
 
+def test_logits_from_unembeds_only_later_positions(model):
+    ids = tiny_ids()
+    full = model.forward(ids, read=["blocks.1.hook_resid_post"])
+    late = model.forward(ids, logits_from=1)
+    assert late.logits.shape == (ids.shape[0], ids.shape[1] - 1, full.logits.shape[-1])
+    torch.testing.assert_close(late.logits, full.logits[:, 1:], rtol=0, atol=1e-6)
+    for start in ("blocks.1.hook_resid_post", f"blocks.{N_LAYERS - 1}.hook_resid_post"):
+        r = model.forward(ids, read=[start], logits=False).acts[start]
+        resumed = model.forward(ids, start_at=(start, r), logits_from=3)
+        torch.testing.assert_close(resumed.logits, full.logits[:, 3:], rtol=0, atol=1e-5)
+
+
 def test_start_from_cache_skips_lower_layers(model):
     ids = tiny_ids()
     r = model.forward(ids, read=["blocks.2.hook_resid_pre"], logits=False)

@@ -431,7 +431,9 @@ def test_non_finite_weights(tmp_path: Path, tensor: str, index: tuple[int, ...],
     assert f"tensor {tensor} " in msg
     assert ("2 non-finite" if tensor == "W_dec" else "1 non-finite") in msg
     if feature is not None:
-        assert f"first bad feature index {feature}" in msg
+        assert f"feature(s) {feature}" in msg  # every bad feature, first to last
+        if tensor == "W_dec":
+            assert "feature(s) 5, 40" in msg
 
 
 # --------------------------------------------------------------------------------------------

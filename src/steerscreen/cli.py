@@ -1,7 +1,8 @@
 """The ``steerscreen`` command line: one command per pipeline stage, plus ``run`` for a study.
 
 Every user error is a :class:`~steerscreen.errors.SteerscreenError`: printed as what was wrong and
-what to do, with exit code 2 and no traceback.
+what to do, with exit code 2 and no traceback. So is a write that fails (disk full, read-only,
+permission denied); Ctrl-C exits with 130 and says how to resume (see docs/errors.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,29 @@ from rich.markup import escape
 from rich.table import Table
 
 from steerscreen import __version__
-from steerscreen.errors import SteerscreenError
+from steerscreen.errors import SteerscreenError, from_os_error
+
+INTERRUPTED = "interrupted: everything finished so far is saved; rerun the same command to resume"
+
+
+class _Commands(typer.core.TyperGroup):
+    """Every command's last line of defence, in one place: a SteerscreenError, a failed write
+    or Ctrl-C gets its message and exit code instead of a traceback."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except SteerscreenError as e:
+            _fail(e)
+        except OSError as e:
+            err = from_os_error(e)
+            if err is None:
+                raise
+            _fail(err)
+        except KeyboardInterrupt:
+            console.print(f"[bold]{INTERRUPTED}[/]")
+            raise typer.Exit(130) from None
+
 
 app = typer.Typer(
     name="steerscreen",
@@ -24,8 +47,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=_Commands,
 )
 console = Console(stderr=True)
+_RESUME_HELP = ("Continue the {stage} stage recorded in {folder} and fail if it records none (a "
+                "mistyped path fails at once). Rerunning the same command resumes anyway; "
+                "--resume never recomputes with another config and cannot go with --force.")
 
 
 def _fail(err: SteerscreenError) -> None:
@@ -78,6 +105,9 @@ def train_sae(
     seed: Annotated[int, typer.Option(help="Seed for splits, init and shuffling.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="Model dtype: float32 or bfloat16.")] = "float32",
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Run Python code shipped with a hub model (off by default: "
+        "it runs with your rights; read it first).")] = False,
 ) -> None:
     """Train ReLU, JumpReLU or TopK SAEs on the model's activations (cached by config)."""
     from steerscreen.saes.training import config_variants, train_saes
@@ -88,7 +118,7 @@ def train_sae(
             archs, model=model, hook=hook, width=width, k=k, l1_coefficient=l1_coefficient,
             target_l0=target_l0, l0_coefficient=l0_coefficient, tokens=tokens, corpus=corpus,
             context_len=context_len, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            device=device, dtype=dtype)
+            device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         summaries = train_saes(configs, out=out,
                                log=lambda m: console.print(f"[dim]{m}[/]"))
     except SteerscreenError as e:
@@ -149,6 +179,15 @@ def stats(
     dtype: Annotated[str, typer.Option(help="Model dtype: float32 or bfloat16.")] = "float32",
     force: Annotated[bool, typer.Option(help="Recompute even if RUN records a stats stage with "
                                         "another config.")] = False,
+    resume: Annotated[bool, typer.Option(help=_RESUME_HELP.format(stage="stats",
+                                                                  folder="--out"))] = False,
+    checkpoint_every: Annotated[float, typer.Option(help="Seconds between checkpoints of the "
+                                                    "pass (0: after every batch); an "
+                                                    "interrupted run resumes from the last.")]
+    = 60.0,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Run Python code shipped with a hub model (off by default: "
+        "it runs with your rights; read it first).")] = False,
 ) -> None:
     """Pre-intervention statistics for every feature (METHOD §1), in one streaming pass."""
     from steerscreen.stats.stage import StatsConfig, run_stats
@@ -161,8 +200,8 @@ def stats(
             coact_size=coact_size, max_partners=max_partners, n_examples=n_examples,
             example_window=example_window, neighbour_threshold=neighbour_threshold,
             n_components=n_components, decode_examples=decode_examples, device=device,
-            dtype=dtype)
-        res = run_stats(cfg, out, force=force,
+            dtype=dtype, trust_remote_code=trust_remote_code, checkpoint_s=checkpoint_every)
+        res = run_stats(cfg, out, force=force, resume=resume,
                         log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     except SteerscreenError as e:
         _fail(e)
@@ -212,9 +251,16 @@ def steer(
     seed: Annotated[int, typer.Option(help="Seed for features, directions and contexts.")] = 0,
     batch_rows: Annotated[int | None, typer.Option(help="Steered rows per forward (default: "
                                                   "from free memory).")] = None,
+    shard_directions: Annotated[int, typer.Option(help="Directions per shard file: the most "
+                                                  "an interruption can lose.")] = 16,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     force: Annotated[bool, typer.Option(help="Recompute over a steer stage recorded with "
                                         "another config.")] = False,
+    resume: Annotated[bool, typer.Option(help=_RESUME_HELP.format(stage="steer",
+                                                                  folder="--run"))] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Run Python code shipped with a hub model (off by default: "
+        "it runs with your rights; read it first).")] = False,
 ) -> None:
     """Steer a sample of features and measure outcomes (METHOD §2-3); resumable."""
     from steerscreen.steering.stage import SteerConfig, run_steer
@@ -227,8 +273,9 @@ def steer(
             strengths=_floats(strengths, "--strengths"), target_kl=target_kl,
             kl_tolerance=kl_tolerance, calibration_contexts=calibration_contexts,
             calibration_directions=calibration_directions, seed=seed, batch_rows=batch_rows,
-            device=device)
-        res = run_steer(cfg, run, force=force,
+            shard_directions=shard_directions, device=device,
+            trust_remote_code=trust_remote_code)
+        res = run_steer(cfg, run, force=force, resume=resume,
                         log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     except SteerscreenError as e:
         _fail(e)
@@ -256,6 +303,8 @@ def fit(
     seed: Annotated[int, typer.Option(help="Seed for folds, bootstraps, permutations.")] = 0,
     force: Annotated[bool, typer.Option(help="Recompute over a fit recorded with another "
                                         "config.")] = False,
+    resume: Annotated[bool, typer.Option(help=_RESUME_HELP.format(stage="fit",
+                                                                  folder="--run"))] = False,
 ) -> None:
     """Fit and validate predictors against the baselines (METHOD §4) -> RUN/screening/."""
     from steerscreen.screening.analysis import FitConfig
@@ -265,7 +314,8 @@ def fit(
         cfg = FitConfig(strength=strength, n_splits=n_splits, n_repeats=n_repeats,
                         n_boot=n_boot, n_permutations=n_permutations, top_share=top_share,
                         conformal_level=conformal_level, seed=seed)
-        res = run_fit(cfg, run, force=force, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+        res = run_fit(cfg, run, force=force, resume=resume,
+                      log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     except SteerscreenError as e:
         _fail(e)
     p = res.summary["primary_endpoint"]
@@ -297,6 +347,9 @@ def screen(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     force: Annotated[bool, typer.Option(help="Recompute a stats stage with another "
                                         "config.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Run Python code shipped with a hub model (off by default: "
+        "it runs with your rights; read it first).")] = False,
 ) -> None:
     """Rank every feature of an SAE by predicted cleanliness, with no steering."""
     from steerscreen.screening.stage import run_screen
@@ -304,7 +357,7 @@ def screen(
 
     try:
         cfg = StatsConfig(sae=sae, model=model, hook=hook, corpus=corpus, tokens=tokens,
-                          seed=seed, device=device)
+                          seed=seed, device=device, trust_remote_code=trust_remote_code)
         res = run_screen(predictor, cfg, out, downstream_sae=downstream_sae,
                          downstream_hook=downstream_hook, force=force,
                          log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
@@ -383,6 +436,11 @@ def run(
     = False,
     force: Annotated[bool, typer.Option(help="Recompute stages recorded with another "
                                         "config.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the study in --out and fail if it holds "
+                                         "none (a mistyped path fails at once). Rerunning the "
+                                         "same command resumes anyway; --resume never "
+                                         "recomputes with another config and cannot go with "
+                                         "--force.")] = False,
 ) -> None:
     """Run a whole study (train SAEs, stats, steer, fit, compare, report); resumable."""
     from steerscreen.study import describe_plan, load_config, make_plan, run_study
@@ -406,7 +464,7 @@ def run(
     if dry_run:
         return
     try:
-        res = run_study(cfg, out, force=force,
+        res = run_study(cfg, out, force=force, resume=resume,
                         log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     except SteerscreenError as e:
         _fail(e)
@@ -419,6 +477,38 @@ def run(
             console.print(f"  {escape(line)}")
     if res.report is not None:
         console.print(f"report: {escape(str(res.report))}")
+
+
+@app.command()
+def plan(
+    config: Annotated[Path | None, typer.Option(help="Study config (TOML or YAML; see configs/). "
+                                                "Default: the embedded study.")] = None,
+    preset: Annotated[str | None, typer.Option(help="quick, default or full. Overrides the "
+                                               "config's preset.")] = None,
+    gpu: Annotated[str, typer.Option(help="h100, h200, a100, a10g, l4 or cpu (the 2-core "
+                                     "reference machine).")] = "h100",
+    workers: Annotated[int, typer.Option(help="Workers the stats and steer stages split "
+                                         "over.")] = 1,
+) -> None:
+    """Estimate a study's tokens, FLOPs, memory and GPU-hours before anything loads."""
+    from steerscreen.study import load_config
+    from steerscreen.study.cost import plan_cost
+
+    try:
+        cost = plan_cost(load_config(config, preset), gpu.lower(), workers)
+    except SteerscreenError as e:
+        _fail(e)
+    table = Table(title=f"plan {escape(cost.study)}: {escape(cost.spec)} ({cost.dtype}), preset "
+                  f"{cost.preset}, {cost.workers} x {cost.device.name}")
+    for col in ("stage", "run", "tokens", "forwards full / from h", "TFLOP", "GiB/worker",
+                "GPU-h", "wall", "note"):
+        table.add_column(col, justify="left" if col in ("stage", "run", "note") else "right")
+    for r in cost.rows():
+        table.add_row(*(escape(x) for x in r))
+    out = Console(width=140)
+    out.print(table)
+    for line in cost.footer():
+        out.print(escape(line))
 
 
 if __name__ == "__main__":  # pragma: no cover

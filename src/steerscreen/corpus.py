@@ -443,6 +443,18 @@ class Contexts:
         return int(self.token_ids.size)
 
 
+def max_contexts(documents: Sequence[str], context_len: int) -> int:
+    """An upper bound on the contexts of ``context_len`` tokens that ``documents`` can give,
+    for any tokenizer, without tokenizing.
+
+    A token covers at least one UTF-8 byte (byte-level BPE, SentencePiece with byte fallback);
+    two more per document allow for a dummy-prefix token. So when even this bound is below a
+    request, the request is impossible, and that is known before a model is loaded.
+    """
+    window = max(context_len - 1, 1)
+    return sum((len(d.encode("utf-8")) + 2) // window for d in documents)
+
+
 def make_contexts(
     documents: Sequence[str],
     tokenize: Callable[[str], Sequence[int]],

@@ -36,3 +36,38 @@ class CorpusError(SteerscreenError):
 
 class ArtifactError(SteerscreenError):
     """A saved file (SAE, table, manifest) that is missing, truncated or corrupt."""
+
+
+class NumericsError(SteerscreenError):
+    """NaN or Inf where numbers must be finite: a model's activations at a hook."""
+
+
+class ResourceError(SteerscreenError):
+    """A request that cannot fit in the memory available (estimated before anything loads)."""
+
+
+# errno -> what to do: the file-system failures a user can fix themselves. A full or read-only
+# disk only ever fails a write; a permission can fail a read too, so it says "access".
+_WRITE_ERRNOS = {
+    "ENOSPC": "free space or choose another --out; rerun the same command to resume",
+    "EDQUOT": "free space (disk quota) or choose another --out; rerun the same command to resume",
+    "EROFS": "choose an --out folder on a writable disk",
+}
+_ACCESS_ERRNOS = {"EACCES", "EPERM"}
+
+
+def from_os_error(e: OSError) -> SteerscreenError | None:
+    """The user-facing error for a disk that is full or read-only or a permission denied, or
+    None for any other OSError (a bug or a missing file: those keep their own handling)."""
+    import errno
+
+    name = errno.errorcode.get(e.errno or -1, "")
+    path = e.filename if e.filename is not None else "a file"
+    if name in _WRITE_ERRNOS:
+        return SteerscreenError(f"could not write {path}: {e.strerror or name}",
+                                _WRITE_ERRNOS[name])
+    if name in _ACCESS_ERRNOS:
+        return SteerscreenError(f"could not access {path}: {e.strerror or name}",
+                                "fix its permissions, or choose an --out folder you can write "
+                                "to; rerun the same command to resume")
+    return None

@@ -18,6 +18,18 @@ from pathlib import Path
 from typing import Any
 
 
+def user_path(path: str | Path) -> Path:
+    """``path`` with a leading ``~`` expanded; ``~name`` of no such user is the user's error
+    (pathlib raises RuntimeError), answered like any other bad input."""
+    from steerscreen.errors import SteerscreenError
+
+    try:
+        return Path(path).expanduser()
+    except RuntimeError as e:
+        raise SteerscreenError(f"cannot expand the path {str(path)!r} ({e})",
+                               "write the full path") from e
+
+
 def cache_dir(*parts: str) -> Path:
     """``$STEERSCREEN_CACHE``, else ``$XDG_CACHE_HOME/steerscreen`` or ``~/.cache/steerscreen``."""
     root = os.environ.get("STEERSCREEN_CACHE")

@@ -7,8 +7,12 @@ its inputs, timings, results and the sha256 of every file it wrote.
 
 The guard (:meth:`RunDir.check_stage`): a stage whose recorded config or inputs differ from the
 new ones is refused with an actionable error unless ``force``; the same config with a complete
-record whose files are intact is skipped. Resuming a half-finished stage is not supported: an
-incomplete record with the same config is simply run again.
+record whose files are intact is skipped. An incomplete record (status ``running``) with the same
+config and inputs is resumed by the stage itself from the progress it recorded while running
+(:meth:`RunDir.update_stage`): the steer stage's shards, the stats stage's checkpoint. These
+progress records (:data:`PROGRESS_KEYS`) name files that only live while the stage runs, so
+:meth:`RunDir.complete_stage` drops them. :meth:`RunDir.require_resumable` is ``--resume``'s
+check that there is a recorded stage to continue at all.
 
 Every write is atomic (temp file + rename): manifests via :func:`steerscreen.files.write_json`,
 tables via :meth:`RunDir.write_table`.
@@ -21,6 +25,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,9 +36,11 @@ import polars as pl
 
 from steerscreen import __version__
 from steerscreen.errors import ArtifactError, SteerscreenError
-from steerscreen.files import atomic_path, sha256_file, sha256_json, write_json
+from steerscreen.files import atomic_path, sha256_file, sha256_json, user_path, write_json
 
 MANIFEST_FORMAT = "steerscreen-run/1"
+PROGRESS_KEYS = ("shards", "checkpoint")
+"""Stage-record keys a running stage keeps its resumable progress under."""
 
 
 def utc_now() -> str:
@@ -100,7 +107,7 @@ class RunDir:
     REPORT = "report.html"
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).expanduser()
+        self.path = user_path(path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -124,7 +131,8 @@ class RunDir:
             raise ArtifactError(f"{str(p)!r} is not valid JSON ({e})",
                                 "the manifest is corrupt: remove the run folder (or pass "
                                 "--force to start it again) and rerun") from e
-        if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+        stages = data.get("stages", {}) if isinstance(data, dict) else None
+        if not (isinstance(stages, dict) and all(isinstance(r, dict) for r in stages.values())):
             raise ArtifactError(f"{str(p)!r} is not a steerscreen run manifest",
                                 "choose another --out folder")
         data.setdefault("stages", {})
@@ -142,6 +150,45 @@ class RunDir:
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return self.read_manifest()["stages"].get(name)
+
+    def discard_temp_files(self) -> list[str]:
+        """Delete what atomic writes killed part-way left in the folder (``.NAME.*.tmp`` files,
+        ``.NAME.tmp-*`` and ``.NAME.old-*`` folders) -> their names. One process writes a run
+        folder at a time, so none of them belongs to a live write."""
+        gone = []
+        for p in self.path.glob(".*") if self.path.is_dir() else []:
+            if p.is_file() and p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)
+            elif p.is_dir() and (".tmp-" in p.name or ".old-" in p.name):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                continue
+            gone.append(p.name)
+        return gone
+
+    def update_stage(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Set ``fields`` in stage ``name``'s record (one atomic manifest write) -> the record."""
+        rec = self.stage(name)
+        if rec is None:
+            raise RuntimeError(f"stage {name!r} was never begun in {self.path}")
+        return self.update_manifest({"stages": {name: {**rec, **fields}}})["stages"][name]
+
+    def require_resumable(self, name: str, *, force: bool = False) -> None:
+        """``--resume``: the folder must already record stage ``name`` (a typo in the path
+        fails here, not after hours of work) and ``--force`` must not be given with it."""
+        if force:
+            raise SteerscreenError(
+                "--resume and --force contradict each other (--resume never recomputes a "
+                "recorded stage with another config, --force does)",
+                "pass --resume to continue the recorded run, or --force to recompute it")
+        if not self.manifest_path.is_file():
+            raise SteerscreenError(
+                f"nothing to resume: {str(self.path)!r} holds no steerscreen run",
+                "check the folder path, or drop --resume to start a new run there")
+        if self.stage(name) is None:
+            raise SteerscreenError(
+                f"nothing to resume: {str(self.path)!r} holds no {name} stage",
+                f"check the folder path, or drop --resume to start the {name} stage there")
 
     # --- the guard ----------------------------------------------------------------------------
     def check_stage(self, name: str, config: Mapping[str, Any], *, force: bool = False,
@@ -211,6 +258,7 @@ class RunDir:
         """Record that stage ``name`` started (status ``running``), replacing any old record;
         stages that depend on ``name`` and were computed from another config become stale."""
         self.path.mkdir(parents=True, exist_ok=True)
+        self.discard_temp_files()
         manifest = self.read_manifest()
         old = manifest["stages"].get(name)
         changed = old is not None and old.get("config_sha256") != _stage_hash(config, inputs)
@@ -235,6 +283,7 @@ class RunDir:
         rec = manifest["stages"].get(name)
         if rec is None:
             raise RuntimeError(f"stage {name!r} was never begun in {self.path}")
+        rec = {k: v for k, v in rec.items() if k not in PROGRESS_KEYS}  # their files go next
         rec = {**rec, "status": "complete", "finished_utc": utc_now(),
                "timings_s": {k: round(float(v), 4) for k, v in timings.items()},
                "outputs": {k: dict(v) for k, v in outputs.items()},

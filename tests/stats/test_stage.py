@@ -368,7 +368,7 @@ runner = CliRunner()
 @pytest.fixture()
 def cli_model(setup, monkeypatch):
     monkeypatch.setattr("steerscreen.stats.stage.load_model",
-                        lambda spec, device="cpu", dtype="float32": setup["model"])
+                        lambda spec, device="cpu", dtype="float32", **_kw: setup["model"])
     return setup
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from steerscreen.steering import outcomes
 from steerscreen.steering.outcomes import (
     active,
     clean_terms,
@@ -42,7 +43,16 @@ def test_log_probs_rows_do_not_depend_on_their_batch() -> None:
                                torch.log_softmax(z.double(), -1).numpy(), atol=1e-5)
 
 
-def test_logit_sums_match_float64_formulas() -> None:
+@pytest.fixture(params=["buffered", "blocked-whole", "blocked-3"])
+def path(request, monkeypatch) -> bool:
+    """The two implementations: whole-tensor passes through work buffers (CUDA's) and blocks
+    of positions (CPU's), here with whole rows and with blocks of 3 positions."""
+    if request.param == "blocked-3":
+        monkeypatch.setattr(outcomes, "_BLOCK_BYTES", 4 * V * 3)
+    return request.param != "buffered"
+
+
+def test_logit_sums_match_float64_formulas(path: bool) -> None:
     z_clean, z = _logits(1), _logits(2)
     z = z_clean + 0.3 * (z - z_clean)  # a moderate steer
     logp, terms = _clean(z_clean)
@@ -50,7 +60,7 @@ def test_logit_sums_match_float64_formulas() -> None:
     work = (torch.full((R + 2, T, V), float("nan")), torch.full((R + 2, T, V), float("nan")))
     runs = [(0, 2), (2, 5)]  # one batch reduced in two runs, through the same buffers
     got = [logit_sums(z[a:b], logp[a:b], {k: v[a:b] for k, v in terms.items()}, targets[a:b],
-                      work) for a, b in runs]
+                      work, blocked=path) for a, b in runs]
     out = {k: torch.cat([g[k] for g in got]).double().numpy() for k in got[0]}
 
     lp, lq = logp.double(), torch.log_softmax(z.double(), -1)
@@ -64,17 +74,17 @@ def test_logit_sums_match_float64_formulas() -> None:
     np.testing.assert_allclose(out["e"], e.mean(1).numpy(), rtol=1e-4, atol=1e-6)
     tgt = torch.stack([dl[r][:, targets[r]].sum() for r in range(R)])
     np.testing.assert_allclose(out["target"], tgt.numpy(), rtol=1e-5, atol=1e-5)
-    kl_only = kl_sums(z, logp, terms, work)
+    kl_only = kl_sums(z, logp, terms, work, blocked=path)
     np.testing.assert_allclose(kl_only.double().numpy(), kl.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_equal_logits_give_exact_zeros() -> None:
+def test_equal_logits_give_exact_zeros(path: bool) -> None:
     z = _logits(4)
     logp, terms = _clean(z)
-    out = logit_sums(z, logp, terms, torch.zeros(R, 3, dtype=torch.long))
+    out = logit_sums(z, logp, terms, torch.zeros(R, 3, dtype=torch.long), blocked=path)
     for k, v in out.items():
         assert (v == 0).all(), k
-    assert (kl_sums(z, logp, terms) == 0).all()
+    assert (kl_sums(z, logp, terms, blocked=path) == 0).all()
 
 
 @pytest.mark.parametrize("cached", [False, True])

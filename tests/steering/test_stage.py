@@ -170,16 +170,18 @@ def test_interrupted_run_resumes_without_recomputing(base, fixed, monkeypatch) -
     calls = {"n": 0}
 
     def dying(shard_dir, rows):
-        real(shard_dir, rows)
+        written = real(shard_dir, rows)
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 3:  # after the rename, before the manifest records it: adopted
             raise KeyboardInterrupt
+        return written
 
     monkeypatch.setattr(shards, "write_shard", dying)
     with pytest.raises(KeyboardInterrupt):
         steer(base, out, strengths=[0.0, 0.6])
     monkeypatch.setattr(shards, "write_shard", real)
     assert RunDir(out).stage("steer")["status"] == "running"
+    assert len(RunDir(out).stage("steer")["shards"]) == 2  # the third was never recorded
     done = pl.concat([pl.read_parquet(p) for p in (out / stage_mod.SHARDS).glob("*.parquet")])
     assert done.height == 6  # 3 shards of 2 directions survived
     res = steer(base, out, strengths=[0.0, 0.6])

@@ -27,11 +27,27 @@ from typing import Literal
 import torch
 from torch import nn
 
-from steerscreen.errors import SpecError
+from steerscreen.errors import NumericsError, SpecError
 
 HookKind = Literal["resid_pre", "resid_post", "attn_out", "mlp_out"]
 HOOK_KINDS: tuple[HookKind, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)$")
+
+
+def check_finite(acts: torch.Tensor, hook: str, where: str = "") -> None:
+    """NumericsError when activations read at ``hook`` hold NaN or Inf.
+
+    One reduction per batch (cheap next to the forward that made them): NaN would otherwise
+    pass silently into every statistic and outcome. ``where`` says which batch, for the user."""
+    finite = torch.isfinite(acts)
+    if bool(finite.all()):
+        return
+    n_bad = int((~finite).sum())
+    raise NumericsError(
+        f"the model produced NaN/Inf activations at {hook}{where} ({n_bad} of {acts.numel()} "
+        "values)",
+        "load the model in float32 (--dtype float32); if it already is, the model's weights "
+        "hold NaN/Inf: re-download or re-save the model")
 
 
 @dataclass(frozen=True, order=True)
@@ -321,13 +337,16 @@ class HookedModel:
         write: Mapping[str | HookPoint, Edit] | None = None,
         start_at: tuple[str | HookPoint, torch.Tensor] | None = None,
         logits: bool = True,
+        logits_from: int = 0,
     ) -> ForwardResult:
         """Run the model, reading and editing hook points.
 
         ``write`` maps a hook to a function of its value (``lambda x: x + delta``). ``start_at``
         = (``blocks.L.hook_resid_pre`` or ``blocks.{L-1}.hook_resid_post``, cached residual):
         layers below L are not computed. With ``logits=False`` the pass stops right after the
-        deepest read hook.
+        deepest read hook. ``logits_from``: unembed only positions ``t >= logits_from`` (the
+        logits are then ``[B, T - logits_from, V]``; the unembedding is a large share of a
+        small model's forward).
         """
         reads = [self.hook_point(h) for h in read]
         writes = {self.hook_point(h): f for h, f in (write or {}).items()}
@@ -348,10 +367,13 @@ class HookedModel:
                 raise ValueError(f"hooks {too_early} lie below the start layer {first}")
             skip = self._skip_below(first, resid.to(self.device, self.dtype))
             if first == self.n_layers:  # start from the last residual: only the final norm
-                return ForwardResult(self._logits_from_final(resid), acts)
+                return ForwardResult(self._logits_from_final(resid[:, logits_from:]), acts)
         out = None
+        kw = {}
+        if logits_from:
+            kw["logits_to_keep"] = int(input_ids_BT.shape[1]) - logits_from
         with skip, self._hooks(reads, writes, stop, acts), contextlib.suppress(_Stop):
-            out = self.model(input_ids_BT.to(self.device), use_cache=False)
+            out = self.model(input_ids_BT.to(self.device), use_cache=False, **kw)
         return ForwardResult(out.logits if out is not None else None, acts)
 
     def _logits_from_final(self, resid_BTD: torch.Tensor) -> torch.Tensor:

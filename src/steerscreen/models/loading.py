@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from steerscreen.errors import OfflineError, SpecError
+from steerscreen.errors import ArtifactError, OfflineError, SpecError
 from steerscreen.files import atomic_dir, cache_dir, sha256_file, write_json
 from steerscreen.hub import hub_offline, is_network_error
 from steerscreen.models.hooks import HookedModel
@@ -191,10 +191,22 @@ def load_model(
         path = embedded_gguf(ms.target) if ms.scheme == "embedded" else Path(ms.target)
         model, tok = _load_gguf(path, torch_dtype, device)
     else:
-        kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+        # weights_only: a pickled pytorch_model.bin is read tensors-only (never runs code);
+        # trust_remote_code stays False unless the user passed --trust-remote-code.
+        kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code,
+                  "weights_only": True}
         try:
             tok = AutoTokenizer.from_pretrained(ms.target, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(ms.target, **kwargs).to(device)
+        except ValueError as e:
+            if "trust_remote_code" not in str(e):
+                raise _load_error(spec, e) from e
+            raise SpecError(
+                f"model {spec!r} ships its own Python code, which steerscreen does not run "
+                "unless asked",
+                "read that code, and if you trust it pass --trust-remote-code (study config: "
+                "trust_remote_code = true); or use a model transformers supports natively",
+            ) from e
         except OSError as e:
             if ms.scheme == "hf" and (hub_offline() or is_network_error(e)):
                 raise OfflineError(
@@ -205,7 +217,17 @@ def load_model(
                 ) from e
             raise SpecError(f"could not load model {spec!r}: {e}",
                             "check the repo id or folder") from e
+        except Exception as e:  # a corrupt or unsafe weights file: transformers raises many types
+            raise _load_error(spec, e) from e
     return HookedModel(model, tok, ms.name, _bos_id(tok))
+
+
+def _load_error(spec: str, e: Exception) -> ArtifactError:
+    return ArtifactError(
+        f"could not load model {spec!r}: {type(e).__name__}: {str(e)[:300]}",
+        "the model files may be corrupt, truncated or not tensors-only (a pickled checkpoint "
+        "with code in it is refused): re-download the model or re-save it with save_pretrained",
+    )
 
 
 def describe(model: HookedModel, spec: str) -> dict:

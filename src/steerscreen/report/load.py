@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from steerscreen.errors import ArtifactError, SteerscreenError
+from steerscreen.files import user_path
 from steerscreen.runs import RunDir
 
 # File names of other stages, spelt out: importing those stages would pull in torch (seconds).
@@ -152,7 +153,7 @@ def _scan(path: Path) -> list[Path]:
 
 def load(path: str | Path) -> RunData | StudyData:
     """A run or a study, whichever ``path`` is; a clear error when it is neither."""
-    p = Path(path).expanduser()
+    p = user_path(path)
     if not p.is_dir():
         raise SteerscreenError(f"{str(p)!r} is not a folder",
                                "pass a run folder (the --out of `steerscreen stats`) or a study "
@@ -200,14 +201,19 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 
 def load_study(path: str | Path) -> StudyData:
-    root = Path(path).expanduser()
+    root = user_path(path)
     meta = _json(root / STUDY_FILE) or {}
     entries = meta.get("runs") or [{"name": p.name, "path": str(p.relative_to(root))}
                                    for p in _scan(root) if is_run(p)]
+    if not isinstance(entries, list):
+        raise ArtifactError(f"`runs` in {str(root / STUDY_FILE)!r} is not a list",
+                            "rewrite the study with `steerscreen run`")
     runs = []
     for i, e in enumerate(entries):
-        if not isinstance(e, dict):
-            raise ArtifactError(f"entry {i} of {str(root / STUDY_FILE)!r} is not an object",
+        if not isinstance(e, dict) or not all(isinstance(e.get(k), str | None)
+                                               for k in ("path", "name", "arch", "hook")):
+            raise ArtifactError(f"entry {i} of {str(root / STUDY_FILE)!r} is not an object "
+                                "of strings (path, name, arch, hook)",
                                 "rewrite the study with `steerscreen run`")
         rel = e.get("path") or f"runs/{e.get('name', i)}"
         run_path = Path(rel) if Path(rel).is_absolute() else root / rel

@@ -20,7 +20,9 @@ See ``shared/reference/sae_formats_and_hooks.md`` for the formats and release qu
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from steerscreen.errors import ArtifactError, OfflineError, SpecError
-from steerscreen.files import atomic_dir, sha256_file
+from steerscreen.files import atomic_dir, cache_dir, sha256_file, user_path, write_json
 from steerscreen.hub import hub_offline, is_network_error, offline_mode
 
 if TYPE_CHECKING:  # sae_lens takes ~10 s to import; keep `import steerscreen.saes` cheap
@@ -140,7 +142,11 @@ def _split_scheme(spec: str) -> tuple[str | None, str]:
 
 
 def _resolve_local(rest: str, spec: str) -> Path:
-    path = Path(rest).expanduser()
+    try:
+        path = Path(rest).expanduser()
+    except RuntimeError:  # "~name/..." for a user that does not exist
+        raise SpecError(f"SAE spec {spec!r}: cannot expand {rest.split('/', 1)[0]!r} (no such "
+                        "user's home folder)", "write the SAE folder's full path") from None
     if path.is_file() and path.name in (CFG_FILENAME, WEIGHTS_FILENAME):
         path = path.parent  # pointing at one of the SAE's files means its folder
     if not path.exists():
@@ -162,11 +168,47 @@ def _resolve_local(rest: str, spec: str) -> Path:
 
 
 def _known_release(name: str) -> bool:
+    return name in saelens_directory()
+
+
+@dataclass(frozen=True)
+class ReleaseEntry:
+    """One release of SAELens's pretrained-SAE directory (the fields steerscreen reads)."""
+
+    repo_id: str
+    model: str
+    saes_map: dict[str, str]  # SAE id -> path in the repository
+    config_overrides: Any = None
+
+
+@functools.cache
+def saelens_directory() -> dict[str, ReleaseEntry]:
+    """SAELens's directory of pretrained releases, read straight from the
+    ``pretrained_saes.yaml`` it ships (as its own ``get_pretrained_saes_directory`` does).
+    Importing sae_lens to ask takes seconds on a cold start, and a typo in a spec must fail in
+    one; the loaders still go through SAELens itself."""
+    import importlib.util
+
+    import yaml
+
+    found = importlib.util.find_spec("sae_lens")  # locates the package without importing it
+    if found is None or not found.submodule_search_locations:  # pragma: no cover - a dependency
+        return {}
+    path = Path(next(iter(found.submodule_search_locations)), "pretrained_saes.yaml")
+    st = path.stat()
+    # Parsing the 1.5 MB YAML takes ~1 s; a JSON copy keyed by the file's size and mtime, 20 ms.
+    cached = cache_dir("saelens") / f"directory-{st.st_size}-{st.st_mtime_ns}.json"
     try:
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-    except ImportError:  # pragma: no cover - sae_lens is a dependency
-        return False
-    return name in get_pretrained_saes_directory()
+        data = json.loads(cached.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        with path.open(encoding="utf-8") as f:
+            data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        with contextlib.suppress(OSError):  # a read-only cache only costs the parse
+            write_json(cached, data)
+    return {release: ReleaseEntry(
+        repo_id=value["repo_id"], model=value.get("model", ""),
+        saes_map={h["id"]: str(h["path"]) for h in value.get("saes", [])},
+        config_overrides=value.get("config_overrides")) for release, value in data.items()}
 
 
 def _load_folder(folder: Path, spec: str, device: str, dtype: str,
@@ -180,7 +222,7 @@ def _load_folder(folder: Path, spec: str, device: str, dtype: str,
     try:
         with _quiet_sae_lens():
             sae = SAE.load_from_disk(folder, device=device, dtype=dtype)
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+    except Exception as e:
         # What pre-validation did not catch (a cfg field of the wrong type, ...): still say
         # which folder and why, never a bare SAELens/torch traceback.
         raise ArtifactError(
@@ -202,6 +244,24 @@ def _quiet_sae_lens() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _tensors_only_torch_load() -> Iterator[None]:
+    """Force ``weights_only=True`` on the ``torch.load`` calls of SAELens's release loaders
+    (``.pt`` checkpoints): they pass no ``weights_only``, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+    in the environment would otherwise let a downloaded pickle run code."""
+    original = torch.load
+
+    def tensors_only(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = tensors_only  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load = original  # type: ignore[assignment]
+
+
 def _read_cfg(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(
@@ -219,14 +279,15 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ArtifactError(f"{str(path)!r} holds a JSON {type(cfg).__name__}, not an object",
                             "re-save or re-download the SAE")
-    missing = [k for k in ("d_in", "d_sae") if not isinstance(cfg.get(k), int)]
+    missing = [k for k in ("d_in", "d_sae")
+               if type(cfg.get(k)) is not int or cfg[k] < 1]  # bool is an int subclass
     if missing:
-        raise ArtifactError(f"{str(path)!r} lacks integer {' and '.join(missing)}",
+        raise ArtifactError(f"{str(path)!r} lacks positive integer {' and '.join(missing)}",
                             "this is not a SAELens cfg.json: re-save or re-download the SAE")
     from sae_lens.registry import SAE_CLASS_REGISTRY
 
     arch = cfg.get("architecture", "standard")  # pre-6 configs default to standard
-    if arch not in SAE_CLASS_REGISTRY:
+    if not isinstance(arch, str) or arch not in SAE_CLASS_REGISTRY:
         raise ArtifactError(
             f"{str(path)!r} names the unknown architecture {arch!r}",
             f"SAELens knows {', '.join(sorted(SAE_CLASS_REGISTRY))}; upgrade sae-lens or fix "
@@ -287,7 +348,9 @@ def _check_finite(sae: SAE[Any], source: Path | str) -> None:
         if axis is not None and t.dim() > axis:
             dims = [d for d in range(t.dim()) if d != axis]
             per_feature = bad.any(dim=dims) if dims else bad
-            where = f"; first bad feature index {int(per_feature.nonzero()[0, 0])}"
+            idx = per_feature.nonzero()[:, 0].tolist()
+            where = (f"; feature(s) {', '.join(map(str, idx[:8]))}"
+                     + (f" ... ({len(idx)} features in all)" if len(idx) > 8 else ""))
         n_nan = int(torch.isnan(t).sum())
         raise ArtifactError(
             f"SAE weights in {str(source)!r}: tensor {name} has {n_bad} non-finite value(s) "
@@ -360,6 +423,53 @@ def _hub_error(e: Exception, spec: str, offline: bool, where: str) -> Exception:
                          "folder")
 
 
+@dataclass(frozen=True)
+class SAEHeader:
+    """What an SAE's cfg.json says about it, read without loading weights or SAELens."""
+
+    spec: str
+    d_in: int
+    d_sae: int
+    hook_name: str | None
+    model_name: str | None
+
+
+def read_sae_header(spec: str) -> SAEHeader | None:
+    """The cfg.json facts of a local (or already cached ``hf:``) SAE, in milliseconds; None
+    when they are not at hand cheaply (``saelens:`` releases, uncached hub SAEs) or the file
+    does not read (``load_sae`` then reports why). A missing local folder raises as in
+    ``load_sae``, so a typo fails before anything loads."""
+    spec = spec.strip()
+    scheme, rest = _split_scheme(spec)
+    if scheme is None or scheme == "local":
+        path = _resolve_local(rest, spec) / CFG_FILENAME
+    elif scheme == "hf":
+        parts = [p for p in rest.strip().strip("/").split("/") if p]
+        if len(parts) < 2:
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache("/".join(parts[:2]),
+                                        "/".join([*parts[2:], CFG_FILENAME]))
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    else:
+        return None
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        meta = cfg.get("metadata") or {}
+        d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+    if type(d_in) is not int or type(d_sae) is not int or not isinstance(meta, dict):
+        return None
+    # Pre-6 SAELens configs keep these at the top level; the loader moves them.
+    hook, model = (meta.get(k) or cfg.get(k) for k in ("hook_name", "model_name"))
+    return SAEHeader(spec, d_in, d_sae, hook if isinstance(hook, str) else None,
+                     model if isinstance(model, str) else None)
+
+
 def check_sae_spec(spec: str) -> None:
     """Validate an SAE spec without loading weights or touching the network: the scheme, that a
     local folder exists, that a ``saelens:`` release and id are in SAELens's directory, and the
@@ -380,14 +490,12 @@ def check_sae_spec(spec: str) -> None:
 
 def _release_lookup(rest: str, spec: str) -> tuple[str, str, Any]:
     """(release, sae_id, directory entry) of ``saelens:RELEASE/SAE_ID``, checked offline."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
     # SAE ids contain slashes (layer_12/width_16k/canonical); release names never do.
     release, sep, sae_id = rest.strip().partition("/")
     if not sep or not release or not sae_id:
         raise SpecError(f"SAE spec {spec!r} is not saelens:RELEASE/SAE_ID",
                         "e.g. saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre")
-    directory = get_pretrained_saes_directory()
+    directory = saelens_directory()
     if release not in directory:
         close = difflib.get_close_matches(release, list(directory), n=3)
         raise SpecError(
@@ -411,7 +519,7 @@ def _load_release(rest: str, spec: str, device: str, dtype: str) -> LoadedSAE:
     release, sae_id, lookup = _release_lookup(rest, spec)
     offline = hub_offline()
     try:
-        with offline_mode(offline), _quiet_sae_lens():
+        with offline_mode(offline), _quiet_sae_lens(), _tensors_only_torch_load():
             sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
     except Exception as e:
         raise _hub_error(e, spec, offline, f"repository {lookup.repo_id}") from e
@@ -473,7 +581,7 @@ def save_sae(sae: SAE[Any] | LoadedSAE, folder: str | Path, *,
     module = loaded.sae if loaded is not None else sae
     if not isinstance(module, SAE):
         raise TypeError(f"save_sae needs a sae_lens.SAE or LoadedSAE, got {type(module)}")
-    folder = Path(folder).expanduser()
+    folder = user_path(folder)
     if folder.exists() and not folder.is_dir():
         raise ArtifactError(f"cannot save an SAE to {str(folder)!r}: it is a file",
                             "choose a folder path")

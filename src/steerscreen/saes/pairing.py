@@ -1,21 +1,20 @@
 """Pairing an SAE with a model and hook: does it fit, and at which hook point.
 
-:func:`validate_pairing` checks a loaded SAE against a model (width, layer count, the model it
-was trained on) and a hook before any compute, and :func:`canonical_model_name` is the key under
-which two spellings of one model's name agree. Only names and shapes are compared here: how the
-SAE's input is prepared (``SAEInput``) is ``steerscreen.saes.io``'s business.
+:func:`validate_pairing` checks an SAE against a model (width, layer count, the model it was
+trained on) and a hook before any compute; it takes loaded objects or, before anything loads,
+the SAE's cfg.json header and the model's config shape (``steerscreen.preflight``); and
+:func:`canonical_model_name` is the key under which two spellings of one model's name agree.
+Only names and shapes are compared here: how the SAE's input is prepared (``SAEInput``) is
+``steerscreen.saes.io``'s business.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from steerscreen.errors import PairingError, SpecError
 from steerscreen.models.hooks import HookPoint
-
-if TYPE_CHECKING:
-    from steerscreen.saes.io import LoadedSAE
 
 
 @runtime_checkable
@@ -30,6 +29,23 @@ class ModelLike(Protocol):
 
     @property
     def d_model(self) -> int: ...
+
+
+class SAELike(Protocol):
+    """What pairing reads from an SAE: a ``LoadedSAE``, or an ``SAEHeader`` read from cfg.json
+    before anything loads."""
+
+    @property
+    def spec(self) -> str: ...
+
+    @property
+    def d_in(self) -> int: ...
+
+    @property
+    def hook_name(self) -> str | None: ...
+
+    @property
+    def model_name(self) -> str | None: ...
 
 
 _MODEL_ALIASES = {"gpt2small": "gpt2"}
@@ -49,7 +65,7 @@ def canonical_model_name(name: str) -> str:
     return _MODEL_ALIASES.get(n, n)
 
 
-def validate_pairing(loaded: LoadedSAE, model: ModelLike, hook: str | None) -> HookPoint:
+def validate_pairing(loaded: SAELike, model: ModelLike, hook: str | None) -> HookPoint:
     """The hook point to use ``loaded`` at on ``model``, or PairingError saying why not.
 
     ``hook`` defaults to the SAE's metadata hook. A malformed hook name raises SpecError.

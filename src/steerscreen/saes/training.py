@@ -23,14 +23,16 @@ from typing import Literal
 
 import torch
 
-from steerscreen import __version__
+from steerscreen import __version__, preflight
 from steerscreen.corpus import Contexts, load_corpus, make_contexts, split_documents
 from steerscreen.errors import SpecError
 from steerscreen.files import atomic_dir, cache_dir, sha256_json, write_json
 from steerscreen.models import DEFAULT_MODEL, HookedModel, HookPoint, ModelSpec, load_model
+from steerscreen.models.hooks import check_finite
 from steerscreen.saes.io import load_sae, save_sae
 
 Arch = Literal["topk", "relu", "jumprelu"]
+SPLITS = {"train": 0.9, "heldout": 0.1}  # documents: training vs held-out evaluation
 ARCHS: tuple[Arch, ...] = ("topk", "relu", "jumprelu")
 
 
@@ -84,6 +86,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
+    trust_remote_code: bool = False
+    """Run Python code shipped with a hub model (transformers' trust_remote_code); off unless
+    asked for. Not part of the cache key: it decides whether a model loads, not what it is."""
 
     def __post_init__(self) -> None:
         if self.lr is None:
@@ -106,7 +111,8 @@ class TrainConfig:
     def key(self, corpus_sha: str) -> str:
         import sae_lens
 
-        cfg = {k: v for k, v in asdict(self).items() if k not in ("device",)}
+        cfg = {k: v for k, v in asdict(self).items()
+               if k not in ("device", "trust_remote_code")}
         return sha256_json({**cfg, "corpus_sha": corpus_sha, "steerscreen": __version__,
                             "sae_lens": sae_lens.__version__})[:20]
 
@@ -148,9 +154,7 @@ def collect_activations(
         res = model.forward(ids[i:i + batch_size], read=hooks, logits=False)
         for h in hooks:
             a = res.acts[h][:, 1:].float().reshape(-1, model.d_model).cpu()
-            if not torch.isfinite(a).all():
-                raise SpecError(f"the model produced NaN/Inf activations at {h}",
-                                "load the model in float32 (--dtype float32)")
+            check_finite(a, h, f" (contexts {i}..{i + len(a) // (ids.shape[1] - 1) - 1})")
             out[h].append(a)
         if progress is not None:
             progress(min(batch_size, len(ids) - i))
@@ -284,14 +288,17 @@ def train_saes(
             raise SpecError("configs trained together must share model, corpus, tokens, "
                             "context_len, heldout_tokens, seed, device and dtype",
                             "train them in separate calls")
+    preflight.check_train(configs, out, model=model)  # before the corpus or model loads
     corpus = load_corpus(base.corpus)
+    preflight.check_train_corpus(base, corpus)
     keys = [c.key(corpus.sha256) for c in configs]
     summaries: list[TrainSummary | None] = [_cached(k) for k in keys]
     todo = [i for i, s in enumerate(summaries) if s is None]
     if todo:
-        model = model or load_model(base.model, base.device, base.dtype)
+        model = model or load_model(base.model, base.device, base.dtype,
+                                    trust_remote_code=base.trust_remote_code)
         hooks = sorted({model.hook_point(configs[i].hook).name for i in todo})
-        splits = split_documents(len(corpus.documents), {"train": 0.9, "heldout": 0.1}, base.seed)
+        splits = split_documents(len(corpus.documents), SPLITS, base.seed)
         tr_docs = [corpus.documents[j] for j in splits["train"]]
         ho_docs = [corpus.documents[j] for j in splits["heldout"]]
         per_ctx = base.context_len - 1

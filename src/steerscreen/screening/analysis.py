@@ -42,34 +42,11 @@ from steerscreen.screening.cv import (
     spearman_boot,
 )
 from steerscreen.screening.data import OUTCOMES, SIDE_OUTCOMES, ScreeningData, predictor_sets
+from steerscreen.screening.fit_config import FitConfig
 from steerscreen.screening.models import MODELS
 
 BASELINE_SETS = ("freq", "mag", "freq+mag", "direct", "pass", "baselines")
 PRIMARY = ("ridge", "full", "freq+mag", "cleanliness")
-
-
-@dataclass
-class FitConfig:
-    """Everything that defines a fit stage; the CLI's options mirror these fields."""
-
-    strength: float | None = None
-    """Outcomes at this strength (default: the first the steer stage recorded)."""
-    n_splits: int = 5
-    """K of the repeated K-fold CV (grouped by feature)."""
-    n_repeats: int = 5
-    """Repeats of the K-fold CV."""
-    n_boot: int = 1000
-    """Bootstrap resamples for every CI."""
-    n_permutations: int = 200
-    """Outcome permutations through the whole CV pipeline (primary endpoint)."""
-    top_share: float = 0.2
-    """Held-out screening: share kept in each test fold."""
-    boosting_sets: tuple[str, ...] = ("freq+mag", "baselines", "full")
-    """Sets also fit with gradient boosting (primary context set only)."""
-    conformal_level: float = 0.9
-    """Coverage of the split-conformal prediction intervals."""
-    seed: int = 0
-    """Seeds folds, bootstraps and permutations."""
 
 
 @dataclass

@@ -76,25 +76,36 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
         p = Path(path)
-        try:
-            raw = json.loads(p.read_text(encoding="utf-8"))
-            if raw.get("format") != FORMAT:
-                raise ValueError(f"format {raw.get('format')!r}, expected {FORMAT!r}")
-            models = {k: LinearModel(**v) for k, v in raw["models"].items()}
-            for m in models.values():
-                if not (len(m.medians) == len(m.means) == len(m.scales) == len(m.coef)
-                        == len(raw["columns"])):
-                    raise ValueError(f"model {m.outcome!r} does not match the column list")
-            return cls(columns=list(raw["columns"]), models=models,
-                       context_set=raw["context_set"], dose=dict(raw["dose"]),
-                       trained_on=dict(raw.get("trained_on", {})),
-                       versions=dict(raw.get("versions", {})), format=raw["format"])
-        except FileNotFoundError:
+        if not p.is_file():
             raise ArtifactError(f"predictor file {str(p)!r} does not exist",
                                 "pass the predictor.json that `steerscreen fit` wrote "
-                                "(RUN/screening/predictor.json)") from None
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise ArtifactError(f"{str(p)!r} is not a steerscreen predictor ({e})",
+                                "(RUN/screening/predictor.json)")
+        try:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+            if raw.get("format") != FORMAT:
+                raise ValueError(f"format {raw.get('format')!r}, expected {FORMAT!r}")
+            columns = raw["columns"]
+            if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+                raise ValueError("columns is not a list of names")
+            if not isinstance(raw["models"], dict) or set(raw["models"]) != set(OUTCOMES):
+                raise ValueError(f"models must be exactly {', '.join(OUTCOMES)}")
+            models = {k: _linear_model(k, v, len(columns)) for k, v in raw["models"].items()}
+            dose, trained_on = raw["dose"], raw.get("trained_on", {})
+            versions = raw.get("versions", {})
+            if not all(isinstance(x, dict) for x in (dose, trained_on, versions)):
+                raise ValueError("dose, trained_on and versions must be objects")
+            if not (_is_number(dose.get("strength")) and dose["strength"] > 0):
+                raise ValueError("dose.strength is not a positive number")
+            if not isinstance(raw["context_set"], str):
+                raise ValueError("context_set is not a string")
+            return cls(columns=list(columns), models=models, context_set=raw["context_set"],
+                       dose=dict(dose), trained_on=dict(trained_on), versions=dict(versions),
+                       format=raw["format"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as e:
+            raise ArtifactError(f"{str(p)!r} is not a steerscreen predictor "
+                                f"({type(e).__name__}: {e})",
                                 "pass the predictor.json that `steerscreen fit` wrote") from e
 
     def check_columns(self, stats: pl.DataFrame) -> None:
@@ -125,6 +136,29 @@ class Predictor:
             ", ".join(f"{cols[j]} {contrib[i, j]:+.2f}" for j in order[i])
             for i in range(X.shape[0])]
         return pl.DataFrame(out)
+
+
+def _linear_model(outcome: str, raw: Any, n_columns: int) -> LinearModel:
+    """A :class:`LinearModel` from its JSON, every field type- and length-checked (ValueError)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"model {outcome!r} is not an object")
+    m = LinearModel(**raw)  # TypeError on missing or unknown fields
+    for name in ("medians", "means", "scales", "coef"):
+        v = getattr(m, name)
+        if not (isinstance(v, list) and len(v) == n_columns
+                and all(_is_number(x) for x in v)):
+            raise ValueError(f"model {outcome!r}: {name} is not {n_columns} numbers (one per "
+                             "column)")
+    for name in ("intercept", "alpha", "conformal_q", "conformal_level"):
+        if not _is_number(getattr(m, name)):
+            raise ValueError(f"model {outcome!r}: {name} is not a number")
+    if m.outcome != outcome:
+        raise ValueError(f"model {outcome!r} says it predicts {m.outcome!r}")
+    return m
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)  # NaN/Infinity read as floats
 
 
 def conformal_q(abs_residuals: np.ndarray, level: float) -> float:

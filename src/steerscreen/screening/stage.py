@@ -68,11 +68,16 @@ def _jsonable(x: Any) -> Any:
 
 
 def run_fit(cfg: FitConfig, run_dir: str | Path, force: bool = False,
-            log: Callable[[str], None] | None = None) -> FitResult:
-    """Run METHOD §4 on ``run_dir`` and write ``RUN/screening/`` (see the module docstring)."""
+            log: Callable[[str], None] | None = None, *, resume: bool = False) -> FitResult:
+    """Run METHOD §4 on ``run_dir`` and write ``RUN/screening/`` (see the module docstring).
+
+    ``resume``: fail unless ``run_dir`` already records a fit (``--resume``); the fit keeps no
+    partial state, so an interrupted one is computed again from the start."""
     say = log or (lambda _m: None)
     t0 = time.perf_counter()
     run = RunDir(run_dir)
+    if resume:
+        run.require_resumable(STAGE, force=force)
     steer = run.stage("steer") if run.manifest_path.is_file() else None
     if steer is None or steer.get("status") != "complete":
         raise SteerscreenError(f"{str(run.path)!r} holds no complete steer stage",
@@ -192,7 +197,8 @@ def _with_base_pass(stats_cfg, stats: pl.DataFrame, down_spec: str | None,
     from steerscreen.stats.stage import stats_contexts
     from steerscreen.steering.passthrough import passthrough_pr
 
-    model = model or load_model(stats_cfg.model, stats_cfg.device, stats_cfg.dtype)
+    model = model or load_model(stats_cfg.model, stats_cfg.device, stats_cfg.dtype,
+                                trust_remote_code=stats_cfg.trust_remote_code)
     sae = sae or load_sae(stats_cfg.sae, device=stats_cfg.device)
     down = down or load_sae(str(down_spec), device=stats_cfg.device)
     dhp = validate_pairing(down, model, down_hook)

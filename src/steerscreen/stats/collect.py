@@ -11,7 +11,9 @@ of METHOD §2 (``alpha = s * r``).
 
 Shards: give each shard its contexts' corpus-wide ids (``ctx_id_offset``) and merge the
 accumulators; the result equals one pass over all contexts. ``into`` continues an existing
-accumulator instead (the same result, with no merge).
+accumulator instead (the same result, with no merge); with ``start`` it resumes a pass at a
+context (a checkpoint's next context), and ``after_batch`` sees the state after every batch
+(:mod:`steerscreen.stats.checkpoint` saves it there).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from steerscreen.corpus import Contexts
-from steerscreen.models.hooks import HookedModel, HookPoint
+from steerscreen.models.hooks import HookedModel, HookPoint, check_finite
 from steerscreen.saes.io import LoadedSAE, encode
 from steerscreen.stats.accumulators import StatsAccumulator, StatsOptions
 from steerscreen.stats.table import FeatureTables, TableOptions, feature_tables
@@ -59,11 +61,15 @@ def collect_stats(model: HookedModel, loaded: LoadedSAE, contexts: Contexts,
                   hook: str | HookPoint, *, options: StatsOptions | None = None,
                   batch_size: int = 16, final_norm_contexts: int = 64,
                   ctx_id_offset: int = 0, into: StatsAccumulator | None = None,
+                  start: int = 0,
+                  after_batch: Callable[[int, StatsAccumulator], None] | None = None,
                   progress: Callable[[int], None] | None = None) -> StatsAccumulator:
     """One pass over ``contexts``; context i gets the id ``ctx_id_offset + i``.
 
-    ``into``: an accumulator to continue (its options win over ``options``); ``progress`` is
-    called with the number of tokens of each finished batch.
+    ``into``: an accumulator to continue (its options win over ``options``); ``start``: the
+    first context to take (``into`` holding the ones before); ``after_batch`` is called with
+    the next context and the accumulator after each batch; ``progress`` with the number of
+    tokens of each finished batch.
     """
     hp = model.hook_point(hook)
     last = HookPoint(model.n_layers - 1, "resid_post")
@@ -71,22 +77,27 @@ def collect_stats(model: HookedModel, loaded: LoadedSAE, contexts: Contexts,
     acc = into if into is not None else StatsAccumulator(
         loaded.d_sae, loaded.d_in, options, device=loaded.sae.W_enc.device)
     ids_all = torch.as_tensor(contexts.token_ids)
-    for i0 in range(0, len(contexts), batch_size):
+    for i0 in range(start, len(contexts), batch_size):
         ids_BT = ids_all[i0:i0 + batch_size]
         ctx_ids = torch.arange(i0, i0 + ids_BT.shape[0]) + ctx_id_offset
         n_final = max(0, min(ids_BT.shape[0], final_norm_contexts - i0))
         reads = [hp, last] if n_final else [hp]
         out = model.forward(ids_BT, read=reads, logits=False)
         resid_BTD = out.acts[hp.name]
+        batch = f" (contexts {i0}..{i0 + ids_BT.shape[0] - 1} of the pass)"
+        check_finite(resid_BTD, hp.name, batch)
         x_BTD = sae_input(loaded, resid_BTD)
         acc.update(encode(loaded, resid_BTD), ids_BT, ctx_ids,
                    input_scale_BT=input_scale(loaded, x_BTD), resid_BTD=x_BTD,
                    resid_norm_BT=resid_BTD.float().norm(dim=-1))
         if n_final:  # only the contexts that ran to the end
             final_BTD = out.acts[last.name][:n_final].to(unembed.W_U.device)
+            check_finite(final_BTD, last.name, batch)
             acc.add_final_scales(unembed.norm_scale(final_BTD))
         if progress is not None:
             progress(int(ids_BT.numel()))
+        if after_batch is not None:
+            after_batch(i0 + ids_BT.shape[0], acc)
     return acc
 
 

@@ -20,6 +20,12 @@ the stats split, measured in the same pass (the exact lower median). The ``logit
 ``alpha = s * r`` with ``s = strength`` (default 0.25; the steering stage calibrates s later and
 can recompute them from W_dec, the unembedding and ``sigma_fin``). Logit softcaps are ignored
 for direct-logit work, and the manifest says so.
+
+Interrupted, it resumes: the pass checkpoints its accumulators every ``checkpoint_s`` seconds
+(:mod:`~steerscreen.stats.checkpoint`, recorded in the manifest), and a rerun with the same
+config and inputs continues from the last checkpoint, giving tables bit-identical to an
+uninterrupted pass. ``resume=True`` (``--resume``) only adds the check that the folder records
+a stats stage at all.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import torch
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
+from steerscreen import preflight
 from steerscreen.corpus import (
     DEFAULT_SPEC,
     DEFAULT_SPLITS,
@@ -48,11 +55,13 @@ from steerscreen.corpus import (
 )
 from steerscreen.corpus import describe as describe_corpus
 from steerscreen.errors import CorpusError, SpecError
+from steerscreen.files import sha256_json
 from steerscreen.models import DEFAULT_MODEL, HookedModel, HookPoint, ModelSpec, load_model
 from steerscreen.models import describe as describe_model
 from steerscreen.runs import RunDir, environment
 from steerscreen.saes.io import LoadedSAE, load_sae
 from steerscreen.saes.pairing import validate_pairing
+from steerscreen.stats import checkpoint
 from steerscreen.stats.accumulators import StatsAccumulator, StatsOptions
 from steerscreen.stats.collect import collect_stats, stats_tables
 from steerscreen.stats.logits import logit_columns
@@ -66,7 +75,7 @@ from steerscreen.stats.table import (
 STAGE = "stats"
 FEATURE_LOGIT_TOKENS = "feature_logit_tokens.parquet"
 # Fields that change how fast the pass runs, never what it computes: recorded, not compared.
-_RUNTIME_FIELDS = ("batch_size", "device")
+_RUNTIME_FIELDS = ("batch_size", "device", "trust_remote_code", "checkpoint_s")
 
 
 @dataclass
@@ -114,6 +123,11 @@ class StatsConfig:
     device: str = "cpu"
     dtype: str = "float32"
     """Model dtype: float32 or bfloat16 (the SAE and all statistics run in float32)."""
+    checkpoint_s: float = 60.0
+    """Seconds between checkpoints of the pass (0: after every batch); a rerun resumes there."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with a hub model (transformers' trust_remote_code); off unless
+    asked for, since that code runs with the user's rights."""
 
     def __post_init__(self) -> None:
         for name in ("tokens", "batch_size", "reservoir_size", "max_partners", "n_examples",
@@ -192,18 +206,23 @@ class StatsResult:
 
 def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
               model: HookedModel | None = None, sae: LoadedSAE | None = None,
-              progress: bool = True, log: Callable[[str], None] | None = None) -> StatsResult:
+              progress: bool = True, resume: bool = False,
+              log: Callable[[str], None] | None = None) -> StatsResult:
     """Run the stats stage into the run folder ``out`` (see the module docstring).
 
     ``model`` / ``sae``: already-loaded objects to use instead of loading ``cfg.model`` /
     ``cfg.sae`` (tests, notebooks). ``force`` recomputes over a recorded stage with another
-    config. Nothing is written before every input has been loaded and checked.
+    config. Nothing is written before every input has been loaded and checked. ``resume``:
+    fail unless ``out`` already records a stats stage (``--resume``).
     """
     say = log or (lambda _m: None)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     run = RunDir(out)
+    if resume:
+        run.require_resumable(STAGE, force=force)
     run.check_stage(STAGE, cfg.record(), force=force)  # cheap: before anything is loaded
+    preflight.check_stats(cfg, out, model=model, sae=sae)  # configs, --out, memory: cheap too
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
         t = time.perf_counter()
@@ -212,10 +231,12 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
         return value
 
     corpus = timed("load_corpus", lambda: load_corpus(cfg.corpus))
+    preflight.check_stats_corpus(cfg, corpus)
     loaded = sae if sae is not None else timed(
         "load_sae", lambda: load_sae(cfg.sae, device=cfg.device))
     model = model if model is not None else timed(
-        "load_model", lambda: load_model(cfg.model, cfg.device, cfg.dtype))
+        "load_model", lambda: load_model(cfg.model, cfg.device, cfg.dtype,
+                                         trust_remote_code=cfg.trust_remote_code))
     hp = validate_pairing(loaded, model, cfg.hook)
     inputs = {"model_sha256": timed("hash_model", lambda: model_sha256(model)),
               "sae_sha256": loaded.sha256, "corpus_sha256": corpus.sha256, "hook": hp.name}
@@ -231,20 +252,38 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
         say(check.reason)
 
     contexts, split_info = timed("contexts", lambda: stats_contexts(cfg, corpus, model))
+    preflight.check_first_batch(model, contexts.token_ids[: cfg.batch_size], hp)
     unembed = model.unembed()
+    key = sha256_json({"config": cfg.record(), "inputs": inputs})
+    ckpt_dir = run.file(checkpoint.CHECKPOINT_DIR)
+    resumed = None
+    if check.record is not None and check.record.get("status") == "running" and (
+            check.record.get("config_sha256") == key):
+        resumed = checkpoint.load(ckpt_dir, key, check.record.get("checkpoint"),
+                                  loaded.sae.W_enc.device, say)
+    if resumed is None:
+        checkpoint.discard(ckpt_dir)
     run.begin_stage(STAGE, cfg.record(), inputs, extra={
         "environment": environment(cfg.device, cfg.dtype),
-        "model": {**describe_model(model, cfg.model), "sha256": inputs["model_sha256"]},
+        "model": {**describe_model(model, cfg.model), "sha256": inputs["model_sha256"],
+                  "trust_remote_code": cfg.trust_remote_code},
         "hook": hp.name,
         "sae": describe_sae(loaded),
         "sae_path": str(loaded.path) if loaded.path is not None else loaded.spec,
         "corpus": {**describe_corpus(corpus), "splits": split_info},
         "seeds": {"splits": cfg.seed, "reservoir": cfg.seed},
     })
+    if resumed is not None:  # begin_stage replaced the record: the checkpoint stays recorded
+        run.update_stage(STAGE, checkpoint=resumed[2])
+        say(f"resuming the stats pass from its checkpoint: context {resumed[1]:,} of "
+            f"{len(contexts):,} already accumulated")
+    saver = checkpoint.Checkpointer(ckpt_dir, key, len(contexts), cfg.checkpoint_s,
+                                    lambda rec: run.update_stage(STAGE, checkpoint=rec))
 
     say(f"stats pass: {len(contexts):,} contexts x {cfg.context_len} tokens of the stats split, "
         f"{loaded.d_sae:,} features at {hp.name}")
-    acc = timed("pass", lambda: _pass(cfg, model, loaded, contexts, hp, progress))
+    acc = timed("pass", lambda: _pass(cfg, model, loaded, contexts, hp, progress,
+                                      resumed[:2] if resumed else None, saver))
     r = acc.residual_norm()
     alpha = cfg.strength * r
     tables = timed("table", lambda: stats_tables(acc, loaded, model, cfg.table_options(alpha)))
@@ -276,7 +315,8 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
             loaded.d_sae, loaded.d_in, int(acc.final_scales.numel()),
             int(acc.resid_norms.numel())),
         "pass_tokens_per_s": contexts.n_tokens / max(timings["pass"], 1e-9),
-        "runtime": {"device": cfg.device, "batch_size": cfg.batch_size},
+        "runtime": {"device": cfg.device, "batch_size": cfg.batch_size,
+                    "trust_remote_code": cfg.trust_remote_code},
     }
     manifest = run.read_manifest()
     extra: dict[str, Any] = {"residual_norm": r, "sigma_fin": acc.sigma_fin()}
@@ -284,6 +324,7 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
         extra |= {"dose_mode": "stats-fixed", "strengths": [cfg.strength], "alpha": alpha}
     record = run.complete_stage(STAGE, outputs=outputs, timings=timings, results=results,
                                 extra=extra)["stages"][STAGE]
+    checkpoint.discard(ckpt_dir)
     return _result_from_record(run, record, skipped=False)
 
 
@@ -306,9 +347,12 @@ def stats_contexts(cfg: StatsConfig, corpus, model: HookedModel) -> tuple[Contex
 
 
 def _pass(cfg: StatsConfig, model: HookedModel, loaded: LoadedSAE, contexts: Contexts,
-          hp: HookPoint, progress: bool) -> StatsAccumulator:
+          hp: HookPoint, progress: bool, resumed: tuple[StatsAccumulator, int] | None,
+          after_batch: Callable[[int, StatsAccumulator], None]) -> StatsAccumulator:
+    into, start = resumed if resumed is not None else (None, 0)
     kwargs = dict(options=cfg.options(), batch_size=cfg.batch_size,
-                  final_norm_contexts=cfg.final_norm_contexts)
+                  final_norm_contexts=cfg.final_norm_contexts, into=into, start=start,
+                  after_batch=after_batch)
     if not progress:
         return collect_stats(model, loaded, contexts, hp, **kwargs)  # type: ignore[arg-type]
     from rich.console import Console
@@ -325,7 +369,8 @@ def _pass(cfg: StatsConfig, model: HookedModel, loaded: LoadedSAE, contexts: Con
                TextColumn("tokens"), _RateColumn(), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("stats", total=contexts.n_tokens)
+        task = bar.add_task("stats", total=contexts.n_tokens,
+                            completed=int(contexts.token_ids[:start].size))
         return collect_stats(model, loaded, contexts, hp, **kwargs,  # type: ignore[arg-type]
                              progress=lambda n: bar.advance(task, n))
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from steerscreen.models.hooks import HookedModel, HookPoint
+from steerscreen.memory import available_bytes
+from steerscreen.models.hooks import HookedModel, HookPoint, check_finite
 from steerscreen.saes.io import LoadedSAE, encode
 from steerscreen.steering.outcomes import (
     N_OUT,
@@ -48,7 +49,7 @@ from steerscreen.steering.outcomes import (
     log_probs,
     logit_sums,
     passthrough_response,
-    reduce_direction,
+    reduce_directions,
     target_set,
 )
 from steerscreen.steering.passthrough import split_encoder
@@ -87,21 +88,6 @@ class CleanCache:
         return {k: v[c0:c1] for k, v in self.terms.items()}
 
 
-def available_bytes(device: torch.device) -> int:
-    """Memory free for the engine's working set on ``device``."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-
-
 def row_bytes(model: HookedModel, context_len: int, d_sae_down: int) -> int:
     """Peak working memory of one steered row (float32): the logits and ~4 vocabulary-sized
     temporaries, ~5 downstream-SAE-sized ones, and the model's own activations."""
@@ -116,7 +102,10 @@ def auto_batch_rows(model: HookedModel, context_len: int, d_sae_down: int,
     batches do not run faster there), half on CUDA (capped at 512)."""
     dev = model.device
     share, cap = (0.5, 512) if dev.type == "cuda" else (0.25, 32)
-    budget = max(0, available_bytes(dev) - reserved) * share
+    free = available_bytes(str(dev))
+    if free is None:  # unknown: fall back to the free physical pages
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    budget = max(0, free - reserved) * share
     return int(max(1, min(cap, budget // row_bytes(model, context_len, d_sae_down))))
 
 
@@ -161,27 +150,39 @@ class SteeringEngine:
 
     # --- the clean run ------------------------------------------------------------------------
     @torch.no_grad()
-    def clean(self, token_ids_CT: np.ndarray | torch.Tensor) -> CleanCache:
-        """Run each context once and cache what the steered rows need."""
+    def clean(self, token_ids_CT: np.ndarray | torch.Tensor,
+              batch_rows: int | None = None) -> CleanCache:
+        """Run each context once and cache what the steered rows need.
+
+        ``batch_rows`` overrides the engine's rows per forward for this cache (a resumed run
+        reuses the recorded size, so its rows round exactly as the finished ones did)."""
         ids = torch.as_tensor(np.asarray(token_ids_CT), dtype=torch.long)
         c, t = ids.shape
         v = self.model.vocab_size
         g = self.down.d_sae if self.down is not None else 0
         cache_bytes = 4 * c * t * (2 * v + 2 * self.model.d_model + g)
-        b = self.batch_rows(c, t, reserved=cache_bytes)
+        b = (aligned_rows(batch_rows, c) if batch_rows is not None
+             else self.batch_rows(c, t, reserved=cache_bytes))
         dev = self.model.device
         resid, logp, dres, dact = [], [], [], []
         for i in range(0, c, b):
             n = min(b, c - i)
-            x = ids[torch.arange(i, i + b) % c].to(dev)  # b rows; tiles the contexts if b > C
-            h = self.model.forward(x, read=[self.hook], logits=False).acts[self.hook.name]
-            # The clean logits take the same start_at path as the steered rows.
-            out = self.model.forward(x, read=self._reads(), start_at=(self.hook, h))
+            # The layers below h run once per context; the clean logits take the same start_at
+            # path as the steered rows, at their shape: b rows, tiling the contexts if b > C.
+            h = self.model.forward(ids[i:i + n].to(dev), read=[self.hook],
+                                   logits=False).acts[self.hook.name]
+            batch = f" (clean pass, contexts {i}..{i + n - 1})"
+            check_finite(h, self.hook.name, batch)
+            tile = torch.arange(b) % n
+            out = self.model.forward(ids[i + tile].to(dev), read=self._reads(),
+                                     start_at=(self.hook, h[tile.to(dev)]), logits_from=1)
             resid.append(h[:n])
-            z = out.logits[:n, 1:].float()  # type: ignore[index]
+            z = out.logits[:n].float()  # type: ignore[index]
+            check_finite(z, "the logits", batch)
             logp.append(log_probs(z, torch.empty(z.shape, device=z.device)))
             if self.down is not None:
                 xr = out.acts[self.down_hook.name][:n, 1:].float()  # type: ignore[union-attr]
+                check_finite(xr, self.down_hook.name, batch)  # type: ignore[union-attr]
                 dres.append(xr)
                 dact.append(encode(self.down, xr))
         cat = torch.cat
@@ -203,9 +204,10 @@ class SteeringEngine:
         """Steered logits at t >= 1 [R, T-1, V] and residual at h' (t >= 1) of rows."""
         x = cache.resid_CTD[ctx].float()
         x[:, 1:] += shift_RD.unsqueeze(1)  # x' = x + alpha v at every position >= 1, float32
+        # Position 0 is never steered and never scored: no logits for it.
         out = self.model.forward(cache.token_ids_CT[ctx], read=self._reads(),
-                                 start_at=(self.hook, x.to(self.model.dtype)))
-        logits = out.logits[:, 1:]  # type: ignore[index]
+                                 start_at=(self.hook, x.to(self.model.dtype)), logits_from=1)
+        logits = out.logits
         down = out.acts[self.down_hook.name][:, 1:] if self.down_hook is not None else None
         return logits, down
 
@@ -222,8 +224,7 @@ class SteeringEngine:
         b = cache.batch_rows
         targets: dict[int, torch.Tensor] = {}
         pending: dict[int, list[RowSums]] = {}
-        shape = (b, cache.positions, cache.logp_CTV.shape[-1])
-        work = (torch.empty(shape, device=dev), torch.empty(shape, device=dev))
+        work = _work_buffers(b, cache)
         g = cache.down_act_CTG.shape[-1] if cache.down_act_CTG is not None else 0
         for batch, kk, ctx in _batches(k_all, c, b, dev):
             ks = sorted({k for k, _ in batch if k not in targets})
@@ -240,13 +241,13 @@ class SteeringEngine:
             del logits, down
             if progress is not None:
                 progress(len(batch))
-            for k in sorted(pending):
-                if sum(p.n for p in pending[k]) == c:
-                    tgt = targets.get(k)
-                    t_np = tgt.cpu().numpy() if tgt is not None else np.zeros(0, np.int64)
-                    yield k, reduce_direction(pending.pop(k), t_np, cache.positions,
-                                              n_out=self.n_out,
-                                              n_target_tokens=tokens_K.shape[1])
+            done = [k for k in sorted(pending) if sum(p.n for p in pending[k]) == c]
+            if done:  # reduced together: one device-to-host copy per batch, not per direction
+                outs = reduce_directions(
+                    [pending.pop(k) for k in done],
+                    [targets.pop(k, np.zeros(0, np.int64)) for k in done], cache.positions,
+                    n_out=self.n_out, n_target_tokens=tokens_K.shape[1])
+                yield from zip(done, outs, strict=True)
 
     def _targets(self, cache: CleanCache, dirs: torch.Tensor, ks: list[int], alpha: float
                  ) -> dict[int, torch.Tensor]:
@@ -282,8 +283,7 @@ class SteeringEngine:
         c = cache.n_contexts
         b = cache.batch_rows
         total = torch.zeros((), dtype=torch.float64, device=dev)
-        shape = (b, cache.positions, cache.logp_CTV.shape[-1])
-        work = (torch.empty(shape, device=dev), torch.empty(shape, device=dev))
+        work = _work_buffers(b, cache)
         for batch, kk, ctx in _batches(dirs.shape[0], c, b, dev):
             logits, _ = self._steered(cache, ctx, alpha * dirs[kk])
             for j0, j1 in _runs(batch):
@@ -291,6 +291,15 @@ class SteeringEngine:
                 total += kl_sums(logits[j0:j1], cache.logp_CTV[c0:c1], cache.terms_at(c0, c1),
                                  work).sum()
         return float(total) / (dirs.shape[0] * c * cache.positions)
+
+
+def _work_buffers(b: int, cache: CleanCache) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The vocabulary sums' reused buffers (None on CPU, where they work in small blocks)."""
+    dev = cache.logp_CTV.device
+    if dev.type == "cpu":
+        return None
+    shape = (b, cache.positions, cache.logp_CTV.shape[-1])
+    return torch.empty(shape, device=dev), torch.empty(shape, device=dev)
 
 
 def aligned_rows(b: int, n_contexts: int) -> int:
@@ -305,13 +314,15 @@ def aligned_rows(b: int, n_contexts: int) -> int:
 def _batches(n_dirs: int, c: int, b: int, dev: torch.device
              ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]]:
     """Direction-major (k, context) rows in batches of exactly ``b`` (the last one padded by
-    repeating its last row): yields the real rows and the padded index tensors."""
+    repeating its last row): yields the real rows and the padded index tensors (views of two
+    tensors copied to ``dev`` once: a copy per batch would wait for the GPU's queue)."""
     rows = [(k, ci) for k in range(n_dirs) for ci in range(c)]
-    for i0 in range(0, len(rows), b):
-        batch = rows[i0:i0 + b]
-        padded = batch + [batch[-1]] * (b - len(batch))
-        yield (batch, torch.tensor([k for k, _ in padded], device=dev),
-               torch.tensor([ci for _, ci in padded], device=dev))
+    n_batches = -(-len(rows) // b)
+    padded = rows + [rows[-1]] * (n_batches * b - len(rows)) if rows else []
+    # [2, n_batches * b]: directions, contexts
+    idx = torch.tensor(padded, dtype=torch.long).reshape(-1, 2).T.contiguous().to(dev)
+    for i in range(n_batches):
+        yield rows[i * b:(i + 1) * b], idx[0, i * b:(i + 1) * b], idx[1, i * b:(i + 1) * b]
 
 
 def _runs(batch: list[tuple[int, int]]) -> list[tuple[int, int]]:

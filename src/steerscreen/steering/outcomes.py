@@ -153,10 +153,56 @@ def _neg_row_dots(u_RTV: torch.Tensor, s_RTV: torch.Tensor) -> torch.Tensor:
     return out.neg_()
 
 
+# CPU: the vocabulary sums run over blocks of positions of about this many bytes, so each
+# block's ~8 passes hit the cache instead of memory (the passes are memory-bound there).
+_BLOCK_BYTES = 1 << 21
+
+
+def _use_blocks(logits: torch.Tensor, blocked: bool | None) -> bool:
+    return logits.device.type == "cpu" if blocked is None else blocked
+
+
+def _blocked_sums(z_RTV: torch.Tensor, logp_RTV: torch.Tensor, sqrtp_RTV: torch.Tensor,
+                  targets_RK: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The CPU path of :func:`logit_sums` (``targets_RK`` None: only ``kl_RT``), one row and
+    one block of positions at a time. Each position's log p' comes from the same fused
+    ``log_softmax`` kernel as the clean log-probs, so equal logits still give exact zeros."""
+    r, t, v = z_RTV.shape
+    tc = max(1, min(t, _BLOCK_BYTES // (4 * v)))
+    dev = z_RTV.device
+    a_buf, b_buf, c_buf = (torch.empty(tc, v, device=dev) for _ in range(3))
+    kl = torch.empty(r, t, device=dev)
+    full = targets_RK is not None
+    d, e = torch.zeros(r, v, device=dev), torch.zeros(r, v, device=dev)
+    tgt = torch.zeros(r, device=dev)
+    for i in range(r):
+        for t0 in range(0, t, tc):
+            t1 = min(t, t0 + tc)
+            a, b, c = a_buf[: t1 - t0], b_buf[: t1 - t0], c_buf[: t1 - t0]
+            sq = sqrtp_RTV[i, t0:t1]
+            torch.log_softmax(z_RTV[i, t0:t1], -1, out=a).sub_(logp_RTV[i, t0:t1])  # dlogp
+            u = torch.mul(a, sq, out=b)
+            neg_kl = torch.sum(torch.mul(u, sq, out=c), -1, out=kl[i, t0:t1])  # E_p[dlogp]
+            if full:
+                d[i] += u.sum(0)
+                d[i].addmv_(sq.t(), neg_kl, alpha=-1.0)  # + sqrt(p) * KL
+                e[i] += a.sum(0)
+                tgt[i] += a.index_select(1, targets_RK[i]).sum()  # type: ignore[index]
+    kl.neg_()
+    if not full:
+        return {"kl_RT": kl}
+    e.div_(t)
+    return {"d": d.div_(t), "e": e.sub_(e.mean(-1, keepdim=True)), "kl": kl.sum(1),
+            "target": tgt}
+
+
 @torch.no_grad()
 def kl_sums(logits_RTV: torch.Tensor, logp_RTV: torch.Tensor, terms: dict[str, torch.Tensor],
-            work: Work | None = None) -> torch.Tensor:
-    """KL(p || p') = -E_p[dlogp] per row and position -> [R, T]."""
+            work: Work | None = None, blocked: bool | None = None) -> torch.Tensor:
+    """KL(p || p') = -E_p[dlogp] per row and position -> [R, T] (``blocked``: as in
+    :func:`logit_sums`)."""
+    if _use_blocks(logits_RTV, blocked):
+        return _blocked_sums(logits_RTV.float(), logp_RTV, terms["sqrtp"], None)["kl_RT"]
     a, b = _work(tuple(logits_RTV.shape), logits_RTV.device, work)
     dlogp = log_probs(logits_RTV.float(), a).sub_(logp_RTV)
     u = torch.mul(dlogp, terms["sqrtp"], out=b)
@@ -165,17 +211,22 @@ def kl_sums(logits_RTV: torch.Tensor, logp_RTV: torch.Tensor, terms: dict[str, t
 
 @torch.no_grad()
 def logit_sums(logits_RTV: torch.Tensor, logp_RTV: torch.Tensor, terms: dict[str, torch.Tensor],
-               targets_RK: torch.Tensor, work: Work | None = None) -> dict[str, torch.Tensor]:
+               targets_RK: torch.Tensor, work: Work | None = None,
+               blocked: bool | None = None) -> dict[str, torch.Tensor]:
     """Vocabulary-side sums of R rows: ``d`` [R, V], ``e`` [R, V], ``kl`` [R], ``target`` [R].
 
     ``logits_RTV``: steered logits at positions ``t >= 1``; ``logp_RTV`` and ``terms``
-    (:func:`clean_terms`): the clean side at the rows' contexts. ``work``: two float32 buffers
-    of at least [R, T, V]; every step writes into them in place, because on CPU a fresh
-    vocabulary-sized tensor per step costs more in page faults than the arithmetic (measured
-    ~5x on this function). Passes over [R, T, V]: log p' (fused, per row), dlogp, u = sqrt(p)
-    dlogp, KL = -sum_v u sqrt(p) (per row, in cache), and the sums over positions as batched
-    products.
+    (:func:`clean_terms`): the clean side at the rows' contexts.
+
+    ``blocked`` (default: on CPU) runs the passes block by block in cache
+    (:func:`_blocked_sums`). Otherwise ``work``
+    holds two float32 buffers of at least [R, T, V] that every step writes into in place (a
+    fresh vocabulary-sized tensor per step costs page faults; never reallocate them). Passes
+    over [R, T, V]: log p' (fused, per row), dlogp, u = sqrt(p) dlogp, KL = -sum_v u sqrt(p),
+    and the sums over positions as batched products.
     """
+    if _use_blocks(logits_RTV, blocked):
+        return _blocked_sums(logits_RTV.float(), logp_RTV, terms["sqrtp"], targets_RK)
     r, t = logits_RTV.shape[:2]
     a, b = _work(tuple(logits_RTV.shape), logits_RTV.device, work)
     sqrtp = terms["sqrtp"]
@@ -292,8 +343,46 @@ def reduce_direction(parts: list[RowSums], targets: np.ndarray, positions_per_ro
                      n_out: int = N_OUT, n_target_tokens: int = N_TARGET_TOKENS
                      ) -> DirectionOutcome:
     """The outcomes of one direction from the :class:`RowSums` of its C contexts (in context
-    order, in one or more parts). Runs on the rows' device in float64 and copies back only the
-    C x C Gram matrix and the scalars (one transfer)."""
+    order, in one or more parts); see :func:`reduce_directions`."""
+    return reduce_directions([parts], [targets], positions_per_row, n_out=n_out,
+                             n_target_tokens=n_target_tokens)[0]
+
+
+@torch.no_grad()
+def reduce_directions(parts: list[list[RowSums]], targets: list[np.ndarray | torch.Tensor],
+                      positions_per_row: int, *, n_out: int = N_OUT,
+                      n_target_tokens: int = N_TARGET_TOKENS) -> list[DirectionOutcome]:
+    """The outcomes of several directions (``parts[i]``: direction i's RowSums, in context
+    order; ``targets[i]``: its T_f). Runs on the rows' device in float64 and copies back only
+    the scalars, the C x C Gram matrices and the targets, once for all the directions: on a
+    GPU each copy waits for the queue to drain, so one per direction would stall it."""
+    vals, grams = [], []
+    for p in parts:
+        v, g = _direction_values(p, positions_per_row, n_out, n_target_tokens)
+        vals.append(v)
+        grams.append(g)
+    packed = torch.stack(vals).cpu().numpy()
+    gram_np = torch.stack(grams).cpu().numpy() if len({g.shape for g in grams}) == 1 else [
+        g.cpu().numpy() for g in grams]
+    tgt_np = [t.cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+              for t in targets]
+    out = []
+    for i, p in enumerate(parts):
+        n_pos = sum(x.n for x in p) * positions_per_row
+        values = dict(zip(_VALUE_NAMES, packed[i].tolist(), strict=True))
+        out.append(DirectionOutcome(values | {"n_positions": float(n_pos)}, gram_np[i],
+                                    tgt_np[i]))
+    return out
+
+
+_VALUE_NAMES = ("effect_stability", "collateral_spread", "collateral_out", "effect_kl",
+                "target_gain", "effect_stability_logit", "collateral_spread_union",
+                "collateral_mass", "n_recruited", "n_suppressed", "n_spread_positions")
+
+
+def _direction_values(parts: list[RowSums], positions_per_row: int, n_out: int,
+                      n_target_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One direction's values (in ``_VALUE_NAMES`` order) and Gram matrix, on its device."""
 
     def cat(name: str) -> torch.Tensor:
         return torch.cat([getattr(p, name) for p in parts]).double()
@@ -320,6 +409,5 @@ def reduce_direction(parts: list[RowSums], targets: np.ndarray, positions_per_ro
         "n_suppressed": cat("suppressed_n").sum() / n_pos,
         "n_spread_positions": n_spread,
     }
-    packed = torch.stack(list(vals.values())).cpu().tolist()
-    values = dict(zip(vals, packed, strict=True)) | {"n_positions": float(n_pos)}
-    return DirectionOutcome(values, gram.cpu().numpy(), targets)
+    assert tuple(vals) == _VALUE_NAMES
+    return torch.stack(list(vals.values())), gram

@@ -20,6 +20,7 @@ import torch
 
 from steerscreen.corpus import DEFAULT_SPLITS, Contexts, Corpus, make_contexts, split_documents
 from steerscreen.errors import CorpusError, SpecError
+from steerscreen.files import user_path
 
 N_BINS = 10
 _FLAGS = {"steering": "--contexts", "fresh": "--fresh-contexts",
@@ -55,7 +56,7 @@ def stratified_features(base_freq: np.ndarray, dead: np.ndarray, n: int, seed: i
 def parse_feature_ids(spec: str, n_features: int) -> np.ndarray:
     """Feature ids from ``"3,17,40"`` or a file path -> sorted unique int64 ids (range-checked)."""
     text = spec.strip()
-    path = Path(text).expanduser()
+    path = user_path(text)
     if path.is_file():
         ids = _read_id_file(path)
     else:

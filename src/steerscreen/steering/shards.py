@@ -1,14 +1,27 @@
 """Outcome shards of the steer stage: what makes it resumable.
 
 Finished directions are written in small parquet shards (``RUN/steering_shards/``), each through
-a temp file and a rename, so a shard holds whole directions or does not exist. A resumed run
-reads the shards (:func:`done_keys`) and skips every (direction, strength, context set) already
-there; a shard that cannot be read (disk trouble) is deleted and its directions rerun.
-:func:`gather` turns the shards into the final outcome and Gram tables.
+a temp file and a rename, so a shard holds whole directions or does not exist. The protocol:
+
+1. **Write, then record.** :func:`write_shard` renames the shard into place and returns its
+   name, sha256 and row count; the stage then records it in the manifest (``stages.steer.shards``,
+   one small atomic manifest write per shard).
+2. **Reconcile on resume.** :func:`reconcile` checks the folder against that record before
+   anything is steered: a recorded shard whose hash no longer matches (or whose file is gone) is
+   discarded and its directions are steered again; a shard on disk but not recorded (the process
+   died between the rename and the manifest write) is read back in full and, if it is a whole
+   readable shard, adopted (hashed and recorded), never recomputed; an unreadable one is deleted.
+   Temp files of a write the process died in are deleted.
+3. **Skip what is done.** :func:`done_keys` lists every (direction, strength, context set) the
+   kept shards hold; the stage steers only the rest.
+
+:func:`gather` turns the shards into the final outcome and Gram tables; the stage then deletes
+the folder and drops the shard record (``RunDir.complete_stage``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +29,70 @@ import numpy as np
 import polars as pl
 
 from steerscreen.errors import ArtifactError
-from steerscreen.files import atomic_path
+from steerscreen.files import atomic_path, sha256_file
 from steerscreen.steering.outcomes import OUTCOME_COLUMNS
 
+_KEY = ["feature", "strength_index", "context_set"]
 
-def write_shard(shard_dir: Path, rows: list[dict[str, Any]]) -> None:
+
+def write_shard(shard_dir: Path, rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """Write one shard atomically -> (its file name, {sha256, rows}) for the manifest."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     first = rows[0]
     name = f"{first['context_set']}-s{first['strength_index']}-{first['feature']:+08d}.parquet"
     with atomic_path(shard_dir / name) as tmp:
         pl.DataFrame(rows).write_parquet(tmp)
+        info = {"sha256": sha256_file(tmp), "rows": len(rows)}
+    return name, info
+
+
+def reconcile(shard_dir: Path, recorded: Mapping[str, Mapping[str, Any]]
+              ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Check the shard folder against the manifest's shard record (step 2 of the protocol).
+
+    Returns the shards to keep (name -> {sha256, rows}: what the manifest should now record)
+    and one line per shard that was discarded or adopted. Discarded files are deleted.
+    """
+    kept: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    on_disk = sorted(shard_dir.glob("*.parquet")) if shard_dir.is_dir() else []
+    for p in on_disk:
+        rec = recorded.get(p.name)
+        digest = sha256_file(p)
+        if rec is not None:
+            if digest == rec.get("sha256"):
+                kept[p.name] = {"sha256": digest, "rows": int(rec.get("rows", 0))}
+                continue
+            notes.append(f"shard {p.name} does not match its recorded sha256: discarded, its "
+                         "directions are steered again")
+            p.unlink(missing_ok=True)
+            continue
+        rows = _readable_rows(p)
+        if rows is None:
+            notes.append(f"shard {p.name} is unreadable and unrecorded: discarded, its "
+                         "directions are steered again")
+            p.unlink(missing_ok=True)
+            continue
+        kept[p.name] = {"sha256": digest, "rows": rows}
+        notes.append(f"shard {p.name} was written but not recorded (interrupted): verified "
+                     "and adopted")
+    for name in sorted(set(recorded) - {p.name for p in on_disk}):
+        notes.append(f"recorded shard {name} is missing: its directions are steered again")
+    if shard_dir.is_dir():  # temp files of a write that never finished
+        for tmp in shard_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+    return kept, notes
+
+
+def _readable_rows(p: Path) -> int | None:
+    """Rows of a whole, readable shard, or None."""
+    try:
+        df = pl.read_parquet(p)
+    except Exception:  # polars raises several types for a bad file
+        return None
+    if df.height == 0 or any(c not in df.columns for c in _KEY):
+        return None
+    return df.height
 
 
 def read_shards(shard_dir: Path) -> pl.DataFrame | None:
@@ -50,10 +117,10 @@ def gather(shard_dir: Path, ids: np.ndarray, strengths: list[float], sets: list[
             ) -> tuple[pl.DataFrame, pl.DataFrame]:
     df = read_shards(shard_dir)
     want = len(ids) * len(strengths) * len(sets)
-    if df is None or df.unique(["feature", "strength_index", "context_set"]).height != want:
+    if df is None or df.unique(_KEY).height != want:
         raise ArtifactError(f"the steering shards in {str(shard_dir)!r} are incomplete",
                             "rerun the same steer command to finish them")
-    df = df.unique(["feature", "strength_index", "context_set"], keep="first")
+    df = df.unique(_KEY, keep="first")
     order = {int(d): i for i, d in enumerate(ids)}
     df = (df.with_columns(pl.col("feature").replace_strict(order).alias("_o"),
                           pl.col("context_set").replace_strict(

@@ -17,9 +17,12 @@ At the (first) dose it also writes ``feature_dose_stats.parquet`` for every feat
 ``base_pass`` (needs S' and alpha) and ``logit_entropy`` / ``logit_top10_mass`` recomputed at the
 steering alpha (:mod:`.passthrough`); the screening stage takes these over the stats table's.
 
-Interrupted (Ctrl-C, kill, crash), it resumes: a rerun with the same config and inputs reads the
-shards, never recomputes a finished direction, and reuses the recorded calibration. Shards are
-written atomically, so a shard either holds whole directions or does not exist.
+Interrupted (Ctrl-C, kill, crash), it resumes: a rerun with the same config and inputs
+reconciles the shards with the manifest's shard record (:mod:`.shards`: hashes checked, a shard
+written but not yet recorded adopted, a damaged one redone), never recomputes a finished
+direction, and reuses the recorded calibration and rows per forward (so the resumed rows round
+exactly as the finished ones did: the outcomes equal an uninterrupted run's bit for bit).
+``resume=True`` (``--resume``) only adds the check that the folder records a steer stage at all.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from steerscreen import preflight
 from steerscreen.corpus import Contexts, load_corpus
 from steerscreen.errors import SpecError, SteerscreenError
 from steerscreen.files import sha256_json
@@ -64,7 +68,7 @@ STAGE = "steer"
 SHARDS = "steering_shards"
 DOSE_STATS = "feature_dose_stats.parquet"
 SETS = ("steering", "fresh")
-_RUNTIME_FIELDS = ("batch_rows", "device", "shard_directions")
+_RUNTIME_FIELDS = ("batch_rows", "device", "shard_directions", "trust_remote_code")
 
 
 @dataclass
@@ -112,6 +116,8 @@ class SteerConfig:
     shard_directions: int = 16
     """Directions per shard file (how much an interruption can lose at most)."""
     device: str = "cpu"
+    trust_remote_code: bool = False
+    """Run Python code shipped with the run's hub model (as the stats stage was told to)."""
 
     def __post_init__(self) -> None:
         for name in ("contexts", "context_len", "random_directions", "n_targets", "n_out",
@@ -171,24 +177,31 @@ class SteerResult:
 def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
               model: HookedModel | None = None, sae: LoadedSAE | None = None,
               down: LoadedSAE | None = None, progress: bool = True,
-              calibrations: dict[str, Calibration] | None = None,
+              calibrations: dict[str, Calibration] | None = None, resume: bool = False,
               log: Callable[[str], None] | None = None) -> SteerResult:
     """Run the steer stage in ``run_dir`` (which must hold a complete stats stage).
 
     ``model`` / ``sae`` / ``down``: already-loaded objects to use instead of the recorded model
     and SAE specs and ``cfg.downstream_sae`` (tests, notebooks). ``calibrations``: a dict shared
     between runs; the dose calibration depends only on the model, hook, residual norm and
-    calibration contexts and directions (not on the SAE), so runs that share those reuse it."""
+    calibration contexts and directions (not on the SAE), so runs that share those reuse it.
+    ``resume``: fail unless ``run_dir`` already records a steer stage (``--resume``)."""
     say = log or (lambda _m: None)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     run = RunDir(run_dir)
+    if resume:
+        run.require_resumable(STAGE, force=force)
     stats = _stats_record(run)
     run.check_stage(STAGE, cfg.record(), force=force)
+    n_features = (stats.get("results") or {}).get("n_features")
+    preflight.check_steer(cfg, stats, int(n_features) if n_features is not None else
+                          run.read_table(RunDir.FEATURE_STATS).height, model=model, down=down)
     sc = stats["config"]
     t = time.perf_counter()
     corpus = load_corpus(sc["corpus"])
-    model = model or load_model(sc["model"], cfg.device, sc.get("dtype", "float32"))
+    model = model or load_model(sc["model"], cfg.device, sc.get("dtype", "float32"),
+                                trust_remote_code=cfg.trust_remote_code)
     sae = sae or load_sae(sc["sae"], device=cfg.device)
     hp = validate_pairing(sae, model, stats["inputs"]["hook"])
     down = down or load_sae(cfg.downstream_sae, device=cfg.device)
@@ -206,13 +219,14 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
     if check.action == "skip":
         say(check.reason)
         return _result(run, check.record or {}, skipped=True)
-    resume = (check.record is not None and check.record.get("status") == "running"
-              and _same(check.record.get("config"), cfg.record())
-              and _same(check.record.get("inputs"), inputs))
+    continuing = (check.record is not None and check.record.get("status") == "running"
+                  and _same(check.record.get("config"), cfg.record())
+                  and _same(check.record.get("inputs"), inputs))
     shard_dir = run.file(SHARDS)
-    if not resume and shard_dir.exists():
+    if not continuing and shard_dir.exists():
         shutil.rmtree(shard_dir)
-    say("resuming the steer stage from its shards" if resume else check.reason)
+    if not continuing:
+        say(check.reason)
 
     # Contexts and directions.
     sets = context_sets(corpus, model.tokenize, model.bos_id, context_len=cfg.context_len,
@@ -227,7 +241,16 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
                       random_directions(cfg.random_directions, model.d_model, cfg.seed)])
     ids = np.concatenate([feats, -1 - np.arange(cfg.random_directions)])
     r = float(run.read_manifest()["residual_norm"])
-    if not resume:
+    recorded: dict[str, dict[str, Any]] = {}  # shard name -> {sha256, rows}
+    if continuing:
+        run.discard_temp_files()
+        recorded, notes = shards.reconcile(shard_dir, (check.record or {}).get("shards") or {})
+        for note in notes:
+            say(note)
+        run.update_stage(STAGE, shards=recorded)
+        say(f"resuming the steer stage: {len(recorded)} finished shard(s) reused "
+            f"({sum(v['rows'] for v in recorded.values())} direction-sets)")
+    else:
         run.begin_stage(STAGE, cfg.record(), inputs, depends_on=["stats"], extra={
             "environment": environment(cfg.device, sc.get("dtype", "float32")),
             "downstream_hook": dhp.name, "downstream_sae": describe_sae(down),
@@ -256,19 +279,35 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
         f"{len(strengths)} strength(s) on {where} contexts of {cfg.context_len} tokens at "
         f"{hp.name}; S' at {dhp.name}"
         + (f" ({len(done)} direction-sets already done)" if done else ""))
+
+    def save_shard(rows: list[dict[str, Any]]) -> None:
+        name, info = shards.write_shard(shard_dir, rows)
+        recorded[name] = info
+        run.update_stage(STAGE, shards=recorded)
+
     computed, rows_per_forward = 0, None
+    sizes: dict[str, int] = dict((run.stage(STAGE) or {}).get("batch_rows") or {})
     t = time.perf_counter()
     with _bar(progress, n_rows) as advance:
         for name in SETS:
             if name not in sets or not any(todo[(name, si)] for si in range(len(strengths))):
                 continue
-            cache = engine.clean(sets[name].token_ids)
+            # The recorded size unless the user set one: free memory may differ after a restart.
+            cache = engine.clean(sets[name].token_ids,
+                                 batch_rows=cfg.batch_rows or sizes.get(name))
             rows_per_forward = cache.batch_rows
+            if sizes.get(name) != cache.batch_rows:
+                if name in sizes:
+                    say(f"{name}: {cache.batch_rows} rows per forward instead of the recorded "
+                        f"{sizes[name]} (--batch-rows): resumed outcomes may differ from the "
+                        "finished shards' in the last bits")
+                sizes[name] = cache.batch_rows
+                run.update_stage(STAGE, batch_rows=sizes)
             for si, s in enumerate(strengths):
                 idx = todo[(name, si)]
                 if idx:
                     computed += _steer_set(engine, cache, dirs[idx], ids[idx], s, s * r, si,
-                                           name, shard_dir, cfg.shard_directions, advance)
+                                           name, save_shard, cfg.shard_directions, advance)
             del cache
     timings["steer"] = time.perf_counter() - t
 
@@ -389,8 +428,9 @@ def _cal_record(cal: Calibration | None) -> dict[str, Any] | None:
 
 
 def _steer_set(engine: SteeringEngine, cache: CleanCache, dirs: torch.Tensor, ids: np.ndarray,
-               strength: float, alpha: float, si: int, name: str, shard_dir: Path,
-               per_shard: int, advance: Callable[[int], None]) -> int:
+               strength: float, alpha: float, si: int, name: str,
+               save: Callable[[list[dict[str, Any]]], None], per_shard: int,
+               advance: Callable[[int], None]) -> int:
     rows: list[dict[str, Any]] = []
     n = 0
     for k, out in engine.run(cache, dirs, alpha, progress=advance):
@@ -402,10 +442,10 @@ def _steer_set(engine: SteeringEngine, cache: CleanCache, dirs: torch.Tensor, id
                      "gram": out.gram.reshape(-1).tolist()})
         n += 1
         if len(rows) >= per_shard:
-            shards.write_shard(shard_dir, rows)
+            save(rows)
             rows = []
     if rows:
-        shards.write_shard(shard_dir, rows)
+        save(rows)
     return n
 
 

@@ -48,7 +48,7 @@ from steerscreen.corpus import check_corpus_spec
 from steerscreen.errors import SpecError
 from steerscreen.models import DEFAULT_MODEL, HookPoint, ModelSpec
 from steerscreen.saes.training import ARCHS, TrainConfig
-from steerscreen.screening.analysis import FitConfig
+from steerscreen.screening.fit_config import FitConfig
 from steerscreen.stats.stage import StatsConfig
 from steerscreen.steering.stage import SteerConfig
 
@@ -57,9 +57,11 @@ ROLES = ("architecture", "width")
 
 # Fields the study sets itself in every stage config (never taken from a section).
 OWNED: dict[str, tuple[str, ...]] = {
-    "train": ("model", "hook", "arch", "width", "corpus", "seed", "device", "dtype"),
-    "stats": ("sae", "model", "hook", "corpus", "seed", "device", "dtype"),
-    "steer": ("downstream_sae", "downstream_hook", "feature_ids", "seed", "device"),
+    "train": ("model", "hook", "arch", "width", "corpus", "seed", "device", "dtype",
+              "trust_remote_code"),
+    "stats": ("sae", "model", "hook", "corpus", "seed", "device", "dtype", "trust_remote_code"),
+    "steer": ("downstream_sae", "downstream_hook", "feature_ids", "seed", "device",
+              "trust_remote_code"),
     "fit": ("seed",),
 }
 STAGE_CLASSES: dict[str, type] = {"train": TrainConfig, "stats": StatsConfig,
@@ -138,6 +140,9 @@ class StudyConfig:
     """cpu or cuda."""
     dtype: str = "float32"
     """Model dtype: float32 or bfloat16 (SAEs and statistics always run in float32)."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with a hub model (transformers' trust_remote_code). Off unless
+    set: that code runs with your rights, so read it first."""
     preset: str = "default"
     """quick, default or full: the sizes the sections start from (the CLI's --preset wins)."""
     saes: list[SAEEntry] = field(default_factory=list)
@@ -154,6 +159,8 @@ class StudyConfig:
     def record(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source")
+        if not d["trust_remote_code"]:  # absent = off: study.json files from before it compare
+            d.pop("trust_remote_code")
         return d
 
     # -- the stage configs the study runs ------------------------------------------------------
@@ -161,15 +168,18 @@ class StudyConfig:
         extra = {"k": entry.k} if entry.k is not None else {}
         return TrainConfig(model=self.model, hook=entry.hook or "", arch=entry.arch,  # type: ignore[arg-type]
                            width=int(entry.width or 0), corpus=self.corpus, seed=self.seed,
-                           device=self.device, dtype=self.dtype, **{**self.train, **extra})
+                           device=self.device, dtype=self.dtype,
+                           trust_remote_code=self.trust_remote_code, **{**self.train, **extra})
 
     def stats_config(self, sae_path: str, hook: str | None) -> StatsConfig:
         return StatsConfig(sae=sae_path, model=self.model, hook=hook, corpus=self.corpus,
-                           seed=self.seed, device=self.device, dtype=self.dtype, **self.stats)
+                           seed=self.seed, device=self.device, dtype=self.dtype,
+                           trust_remote_code=self.trust_remote_code, **self.stats)
 
     def steer_config(self, down_path: str, down_hook: str | None) -> SteerConfig:
         return SteerConfig(downstream_sae=down_path, downstream_hook=down_hook, seed=self.seed,
-                           device=self.device, **self.steer)
+                           device=self.device, trust_remote_code=self.trust_remote_code,
+                           **self.steer)
 
     def fit_config(self) -> FitConfig:
         return FitConfig(seed=self.seed, **self.fit)
@@ -245,8 +255,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-TOP_FIELDS = ("name", "model", "corpus", "seed", "device", "dtype", "preset", "width", "sae",
-              "downstream", "train", "stats", "steer", "fit")
+TOP_FIELDS = ("name", "model", "corpus", "seed", "device", "dtype", "trust_remote_code",
+              "preset", "width", "sae", "downstream", "train", "stats", "steer", "fit")
 
 
 def build_config(raw: dict[str, Any], preset: str, source: str | None = None) -> StudyConfig:
@@ -259,6 +269,8 @@ def build_config(raw: dict[str, Any], preset: str, source: str | None = None) ->
             setattr(cfg, key, _typed(raw[key], str, key))
     if "seed" in raw:
         cfg.seed = _typed(raw["seed"], int, "seed")
+    if "trust_remote_code" in raw:
+        cfg.trust_remote_code = _typed(raw["trust_remote_code"], bool, "trust_remote_code")
     width = _typed(raw.get("width", base["width"]), int, "width")
     ModelSpec.parse(cfg.model)
     check_corpus_spec(cfg.corpus)
@@ -285,6 +297,9 @@ def build_config(raw: dict[str, Any], preset: str, source: str | None = None) ->
             raise SpecError("the config lists SAEs but no [downstream] SAE",
                             "add a [downstream] table (S' at a later hook, the same for all "
                             "SAEs): spec = \"...\" or arch/width/hook to train one")
+        if not isinstance(raw["downstream"], dict):
+            raise SpecError("[downstream] must be a table",
+                            "write [downstream] followed by spec = ... or arch/width/hook lines")
         cfg.downstream = _entry({"name": "downstream", **raw["downstream"]}, "[downstream]",
                                 width)
     elif "downstream" in raw:
@@ -363,8 +378,8 @@ def _section(section: str, given: dict[str, Any]) -> dict[str, Any]:
     owned = sorted(set(given) & set(OWNED[section]))
     if owned:
         raise SpecError(f"[{section}] sets {owned}, which the study sets itself",
-                        "set model/corpus/seed/device/dtype at the top level and SAEs and "
-                        "hooks in [[sae]] / [downstream]")
+                        "set model/corpus/seed/device/dtype/trust_remote_code at the top level "
+                        "and SAEs and hooks in [[sae]] / [downstream]")
     _unknown(given, allowed, f"[{section}]")
     return {k: _typed(v, hints[k], f"{section}.{k}") for k, v in given.items()}
 

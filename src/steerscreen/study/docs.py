@@ -64,10 +64,12 @@ STUDY/report.html       the report (plus figures/ and summary.md)
 ```
 
 **Resuming.** Every stage is cached: trained SAEs by their full config (in
-`$STEERSCREEN_CACHE`), run stages by their manifest records, steering by shards. Interrupt a
-study and run the same command again: finished work is skipped, the steer stage continues from
-its last shard. A folder that holds a study with another config is refused (name the
-differences) unless `--force`.
+`$STEERSCREEN_CACHE`), run stages by their manifest records, steering by shards, the stats pass
+by a checkpoint (`checkpoint_s`). Interrupt a study and run the same command again: finished
+work is skipped, the stats pass continues from its last checkpoint and the steer stage from its
+last shard, to the tables an uninterrupted run gives. `--resume` says the same and fails at once
+when `--out` holds no study (a mistyped path). A folder that holds a study with another config
+is refused (name the differences) unless `--force` (never with `--resume`).
 
 **The dose.** The calibrated strength (METHOD §2) depends on the model, hook, residual norm and
 calibration contexts, not on the SAE: a study calibrates once and every run on that hook steers at

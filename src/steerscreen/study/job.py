@@ -84,14 +84,18 @@ class StudyResult:
 
 def run_study(cfg: StudyConfig, out: str | Path, *, force: bool = False,
               make_report: bool = True, model: Any = None,
-              log: Callable[[str], None] | None = None, progress: bool = True) -> StudyResult:
+              log: Callable[[str], None] | None = None, progress: bool = True,
+              resume: bool = False) -> StudyResult:
     """Run (or resume) the study ``cfg`` in the folder ``out``.
 
     ``model``: an already-loaded :class:`~steerscreen.models.HookedModel` to use instead of
-    loading ``cfg.model`` (tests, notebooks)."""
+    loading ``cfg.model`` (tests, notebooks). ``resume``: fail unless ``out`` already holds a
+    study (``--resume``; a rerun resumes anyway)."""
     say = log or (lambda _m: None)
     folder = Path(out)
     plan = make_plan(cfg)
+    if resume:
+        _require_study(folder, force)
     _guard(folder, cfg, force)
     folder.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"format": STUDY_FORMAT, "steerscreen_version": __version__,
@@ -118,7 +122,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, force: bool = False,
 
     if model is None:
         say(f"loading {cfg.model} on {cfg.device}")
-        model = timed("load_model", lambda: load_model(cfg.model, cfg.device, cfg.dtype))
+        model = timed("load_model", lambda: load_model(cfg.model, cfg.device, cfg.dtype,
+                                                       trust_remote_code=cfg.trust_remote_code))
     paths = timed("train", lambda: _train(cfg, folder, model, say))
     down = cfg.downstream
     assert down is not None
@@ -172,6 +177,18 @@ def _stage(force: bool, fn: Callable[[bool], Any]) -> Any:
         if not force:
             raise
         return fn(True)
+
+
+def _require_study(folder: Path, force: bool) -> None:
+    """``--resume``: the folder must already hold a study, and ``--force`` must not be given."""
+    if force:
+        raise ArtifactError(
+            "--resume and --force contradict each other (--resume never recomputes a recorded "
+            "stage with another config, --force does)",
+            "pass --resume to continue the recorded study, or --force to recompute it")
+    if not (folder / STUDY_FILE).is_file():
+        raise ArtifactError(f"nothing to resume: {folder} holds no study ({STUDY_FILE})",
+                            "check the --out path, or drop --resume to start a new study there")
 
 
 def _guard(folder: Path, cfg: StudyConfig, force: bool) -> None:
