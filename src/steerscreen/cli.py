@@ -112,17 +112,14 @@ def train_sae(
     """Train ReLU, JumpReLU or TopK SAEs on the model's activations (cached by config)."""
     from steerscreen.saes.training import config_variants, train_saes
 
-    try:
-        archs = [a.strip() for a in arch.split(",") if a.strip()]
-        configs = config_variants(
-            archs, model=model, hook=hook, width=width, k=k, l1_coefficient=l1_coefficient,
-            target_l0=target_l0, l0_coefficient=l0_coefficient, tokens=tokens, corpus=corpus,
-            context_len=context_len, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-        summaries = train_saes(configs, out=out,
-                               log=lambda m: console.print(f"[dim]{m}[/]"))
-    except SteerscreenError as e:
-        _fail(e)
+    archs = [a.strip() for a in arch.split(",") if a.strip()]
+    configs = config_variants(
+        archs, model=model, hook=hook, width=width, k=k, l1_coefficient=l1_coefficient,
+        target_l0=target_l0, l0_coefficient=l0_coefficient, tokens=tokens, corpus=corpus,
+        context_len=context_len, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    summaries = train_saes(configs, out=out,
+                           log=lambda m: console.print(f"[dim]{m}[/]"))
     table = Table(title="held-out evaluation")
     for col in ("arch", "width", "hook", "explained var.", "mean L0", "dead", "train s", "SAE"):
         table.add_column(col)
@@ -192,19 +189,16 @@ def stats(
     """Pre-intervention statistics for every feature (METHOD §1), in one streaming pass."""
     from steerscreen.stats.stage import StatsConfig, run_stats
 
-    try:
-        cfg = StatsConfig(
-            sae=sae, model=model, hook=hook, corpus=corpus, tokens=tokens,
-            context_len=context_len, batch_size=batch_size, seed=seed, strength=strength,
-            final_norm_contexts=final_norm_contexts, reservoir_size=reservoir_size,
-            coact_size=coact_size, max_partners=max_partners, n_examples=n_examples,
-            example_window=example_window, neighbour_threshold=neighbour_threshold,
-            n_components=n_components, decode_examples=decode_examples, device=device,
-            dtype=dtype, trust_remote_code=trust_remote_code, checkpoint_s=checkpoint_every)
-        res = run_stats(cfg, out, force=force, resume=resume,
-                        log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-    except SteerscreenError as e:
-        _fail(e)
+    cfg = StatsConfig(
+        sae=sae, model=model, hook=hook, corpus=corpus, tokens=tokens,
+        context_len=context_len, batch_size=batch_size, seed=seed, strength=strength,
+        final_norm_contexts=final_norm_contexts, reservoir_size=reservoir_size,
+        coact_size=coact_size, max_partners=max_partners, n_examples=n_examples,
+        example_window=example_window, neighbour_threshold=neighbour_threshold,
+        n_components=n_components, decode_examples=decode_examples, device=device,
+        dtype=dtype, trust_remote_code=trust_remote_code, checkpoint_s=checkpoint_every)
+    res = run_stats(cfg, out, force=force, resume=resume,
+                    log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     state = "already complete (skipped)" if res.skipped else f"{res.seconds:.1f} s"
     console.print(
         f"[bold]stats[/]: {res.n_features:,} features ({res.n_alive:,} alive, {res.n_dead:,} "
@@ -265,20 +259,17 @@ def steer(
     """Steer a sample of features and measure outcomes (METHOD §2-3); resumable."""
     from steerscreen.steering.stage import SteerConfig, run_steer
 
-    try:
-        cfg = SteerConfig(
-            downstream_sae=downstream_sae, downstream_hook=downstream_hook, features=features,
-            feature_ids=feature_ids, random_directions=random_directions, contexts=contexts,
-            fresh_contexts=fresh_contexts, context_len=context_len,
-            strengths=_floats(strengths, "--strengths"), target_kl=target_kl,
-            kl_tolerance=kl_tolerance, calibration_contexts=calibration_contexts,
-            calibration_directions=calibration_directions, seed=seed, batch_rows=batch_rows,
-            shard_directions=shard_directions, device=device,
-            trust_remote_code=trust_remote_code)
-        res = run_steer(cfg, run, force=force, resume=resume,
-                        log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-    except SteerscreenError as e:
-        _fail(e)
+    cfg = SteerConfig(
+        downstream_sae=downstream_sae, downstream_hook=downstream_hook, features=features,
+        feature_ids=feature_ids, random_directions=random_directions, contexts=contexts,
+        fresh_contexts=fresh_contexts, context_len=context_len,
+        strengths=_floats(strengths, "--strengths"), target_kl=target_kl,
+        kl_tolerance=kl_tolerance, calibration_contexts=calibration_contexts,
+        calibration_directions=calibration_directions, seed=seed, batch_rows=batch_rows,
+        shard_directions=shard_directions, device=device,
+        trust_remote_code=trust_remote_code)
+    res = run_steer(cfg, run, force=force, resume=resume,
+                    log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     state = "already complete (skipped)" if res.skipped else f"{res.seconds:.1f} s"
     doses = ", ".join(f"s = {s:.4g} (alpha = {a:.4g})" for s, a in zip(res.strengths, res.alpha,
                                                                        strict=True))
@@ -310,14 +301,11 @@ def fit(
     from steerscreen.screening.analysis import FitConfig
     from steerscreen.screening.stage import run_fit
 
-    try:
-        cfg = FitConfig(strength=strength, n_splits=n_splits, n_repeats=n_repeats,
-                        n_boot=n_boot, n_permutations=n_permutations, top_share=top_share,
-                        conformal_level=conformal_level, seed=seed)
-        res = run_fit(cfg, run, force=force, resume=resume,
-                      log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-    except SteerscreenError as e:
-        _fail(e)
+    cfg = FitConfig(strength=strength, n_splits=n_splits, n_repeats=n_repeats,
+                    n_boot=n_boot, n_permutations=n_permutations, top_share=top_share,
+                    conformal_level=conformal_level, seed=seed)
+    res = run_fit(cfg, run, force=force, resume=resume,
+                  log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     p = res.summary["primary_endpoint"]
     console.print(
         f"[bold]fit[/]: primary endpoint ({p['model']}, {p['full']} vs {p['baseline']}, "
@@ -355,14 +343,11 @@ def screen(
     from steerscreen.screening.stage import run_screen
     from steerscreen.stats.stage import StatsConfig
 
-    try:
-        cfg = StatsConfig(sae=sae, model=model, hook=hook, corpus=corpus, tokens=tokens,
-                          seed=seed, device=device, trust_remote_code=trust_remote_code)
-        res = run_screen(predictor, cfg, out, downstream_sae=downstream_sae,
-                         downstream_hook=downstream_hook, force=force,
-                         log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-    except SteerscreenError as e:
-        _fail(e)
+    cfg = StatsConfig(sae=sae, model=model, hook=hook, corpus=corpus, tokens=tokens,
+                      seed=seed, device=device, trust_remote_code=trust_remote_code)
+    res = run_screen(predictor, cfg, out, downstream_sae=downstream_sae,
+                     downstream_hook=downstream_hook, force=force,
+                     log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     table = Table(title=f"cleanest {min(top, res.table.height)} of {res.table.height} features")
     for col in ("rank", "feature", "cleanliness", "90% interval", "stability", "spread",
                 "drivers"):
@@ -386,10 +371,7 @@ def compare(
     """Transfer: fit on each run, evaluate on every other; all runs side by side."""
     from steerscreen.screening.transfer import compare as run_compare
 
-    try:
-        transfer, per_run = run_compare(list(runs), n_boot=n_boot)
-    except SteerscreenError as e:
-        _fail(e)
+    transfer, per_run = run_compare(list(runs), n_boot=n_boot)
     table = Table(title="transfer: fit on train, Spearman rho on test features")
     for col in ("train", "test", "outcome", "n", "rho [95% CI]"):
         table.add_column(col)
@@ -412,10 +394,7 @@ def report(
     """Write the self-contained HTML report of a run or study (+ figures/, summary.md)."""
     from steerscreen.report import write_report
 
-    try:
-        res = write_report(run)
-    except SteerscreenError as e:
-        _fail(e)
+    res = write_report(run)
     console.print(f"[bold]report[/] ({res.kind}): {len(res.figures)} figures, "
                   f"{res.seconds:.1f} s\n  -> {escape(str(res.html))}\n  -> "
                   f"{escape(str(res.summary))}")
@@ -445,11 +424,8 @@ def run(
     """Run a whole study (train SAEs, stats, steer, fit, compare, report); resumable."""
     from steerscreen.study import describe_plan, load_config, make_plan, run_study
 
-    try:
-        cfg = load_config(config, preset)
-        plan = make_plan(cfg)
-    except SteerscreenError as e:
-        _fail(e)
+    cfg = load_config(config, preset)
+    plan = make_plan(cfg)
     table = Table(title=f"study {escape(cfg.name)}: {escape(cfg.model)}, preset {cfg.preset}, "
                   f"{len(cfg.saes)} SAEs -> {escape(str(out))}")
     for col in ("stage", "run", "estimate", "work"):
@@ -463,11 +439,8 @@ def run(
     console.print(escape(describe_plan(plan)[-1]))
     if dry_run:
         return
-    try:
-        res = run_study(cfg, out, force=force, resume=resume,
-                        log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-    except SteerscreenError as e:
-        _fail(e)
+    res = run_study(cfg, out, force=force, resume=resume,
+                    log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     total = sum(v for k, v in res.timings.items() if "/" in k or k in (
         "load_model", "train", "compare", "report"))
     console.print(f"[bold]study complete[/] in {format_duration(total)}")
@@ -494,10 +467,7 @@ def plan(
     from steerscreen.study import load_config
     from steerscreen.study.cost import plan_cost
 
-    try:
-        cost = plan_cost(load_config(config, preset), gpu.lower(), workers)
-    except SteerscreenError as e:
-        _fail(e)
+    cost = plan_cost(load_config(config, preset), gpu.lower(), workers)
     table = Table(title=f"plan {escape(cost.study)}: {escape(cost.spec)} ({cost.dtype}), preset "
                   f"{cost.preset}, {cost.workers} x {cost.device.name}")
     for col in ("stage", "run", "tokens", "forwards full / from h", "TFLOP", "GiB/worker",

@@ -46,6 +46,13 @@ class ResourceError(SteerscreenError):
     """A request that cannot fit in the memory available (estimated before anything loads)."""
 
 
+def check_seed(seed: int) -> None:
+    """Seeds feed numpy's and torch's generators, which take 0 <= seed < 2**63."""
+    if not 0 <= seed < 2**63:
+        raise SpecError(f"seed must be a non-negative integer below 2**63, got {seed}",
+                        "pass e.g. --seed 0 (study config: seed = 0)")
+
+
 # errno -> what to do: the file-system failures a user can fix themselves. A full or read-only
 # disk only ever fails a write; a permission can fail a read too, so it says "access".
 _WRITE_ERRNOS = {

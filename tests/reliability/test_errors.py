@@ -175,6 +175,12 @@ CASES = [
     Case("config-unknown-field", ["run", "--config", "{study}", "--out", "{out}"],
          "unknown field", detail="unknown field 'modle' (did you mean 'model'?)"),
     Case("config-mistyped", ["run", "--config", "{typed}", "--out", "{out}"], "is not int"),
+    # values of the right type but out of range (NaN included)
+    Case("train-lr", train("--lr", "-1"), "must be a positive number"),
+    Case("stats-seed", stats("--seed", "-1"), "seed must be a non-negative integer"),
+    Case("fit-top-share", ["fit", "--run", "{out}", "--top-share", "nan"],
+         "must be a number between 0 and 1"),
+    Case("fit-splits", ["fit", "--run", "{out}", "--n-splits", "1"], "must be an integer >= 2"),
     # memory
     Case("stats-memory", stats("--reservoir-size", str(10**10)), "the stats pass needs at least"),
     Case("steer-memory", steer("--batch-rows", str(10**9)), "the steer stage needs at least",

@@ -14,6 +14,7 @@ Evaluation is on held-out documents: explained variance, mean L0, dead fraction.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ import torch
 
 from steerscreen import __version__, preflight
 from steerscreen.corpus import Contexts, load_corpus, make_contexts, split_documents
-from steerscreen.errors import SpecError
+from steerscreen.errors import SpecError, check_seed
 from steerscreen.files import atomic_dir, cache_dir, sha256_json, write_json
 from steerscreen.models import DEFAULT_MODEL, HookedModel, HookPoint, ModelSpec, load_model
 from steerscreen.models.hooks import check_finite
@@ -91,6 +92,7 @@ class TrainConfig:
     asked for. Not part of the cache key: it decides whether a model loads, not what it is."""
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.lr is None:
             self.lr = 3e-3 if self.arch == "jumprelu" else 1e-3
         if self.arch not in ARCHS:
@@ -104,6 +106,11 @@ class TrainConfig:
         ModelSpec.parse(self.model)
         if self.arch == "topk" and self.k >= self.width:
             raise SpecError(f"k={self.k} must be smaller than width={self.width}", "lower --k")
+        for name in ("lr", "l1_coefficient", "l0_coefficient"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):  # NaN passes every comparison: ask for finite
+                raise SpecError(f"{name} must be a positive number, got {v}",
+                                f"pass a positive --{name.replace('_', '-')}")
         if self.arch == "jumprelu" and not 0 < self.target_l0 < self.width:
             raise SpecError(f"target_l0={self.target_l0} must lie between 0 and width="
                             f"{self.width}", "lower --target-l0 or raise --width")

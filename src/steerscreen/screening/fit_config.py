@@ -6,7 +6,10 @@ scikit-learn (seconds, on a cold start, before a typo in the config can be repor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from steerscreen.errors import SpecError, check_seed
 
 
 @dataclass
@@ -31,3 +34,25 @@ class FitConfig:
     """Coverage of the split-conformal prediction intervals."""
     seed: int = 0
     """Seeds folds, bootstraps and permutations."""
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+
+        def bad(name: str, want: str) -> SpecError:
+            return SpecError(f"{name} = {getattr(self, name)!r} must be {want}",
+                             f"set --{name.replace('_', '-')} (study config: fit.{name}) to "
+                             f"{want}")
+
+        if self.n_splits < 2:
+            raise bad("n_splits", "an integer >= 2")
+        for name in ("n_repeats", "n_boot"):
+            if getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        if self.n_permutations < 0:
+            raise bad("n_permutations", "an integer >= 0")
+        for name in ("top_share", "conformal_level"):
+            if not 0 < getattr(self, name) < 1:  # NaN fails this too
+                raise bad(name, "a number between 0 and 1 (exclusive)")
+        if self.strength is not None and not (math.isfinite(self.strength)
+                                              and self.strength >= 0):
+            raise bad("strength", "a recorded strength (a number >= 0)")

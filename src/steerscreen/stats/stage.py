@@ -54,7 +54,7 @@ from steerscreen.corpus import (
     split_documents,
 )
 from steerscreen.corpus import describe as describe_corpus
-from steerscreen.errors import CorpusError, SpecError
+from steerscreen.errors import CorpusError, SpecError, check_seed
 from steerscreen.files import sha256_json
 from steerscreen.models import DEFAULT_MODEL, HookedModel, HookPoint, ModelSpec, load_model
 from steerscreen.models import describe as describe_model
@@ -130,6 +130,7 @@ class StatsConfig:
     asked for, since that code runs with the user's rights."""
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         for name in ("tokens", "batch_size", "reservoir_size", "max_partners", "n_examples",
                      "example_window", "n_components"):
             if getattr(self, name) < 1:

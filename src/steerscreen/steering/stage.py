@@ -43,7 +43,7 @@ import torch
 
 from steerscreen import preflight
 from steerscreen.corpus import Contexts, load_corpus
-from steerscreen.errors import SpecError, SteerscreenError
+from steerscreen.errors import SpecError, SteerscreenError, check_seed
 from steerscreen.files import sha256_json
 from steerscreen.models import HookedModel, HookPoint, load_model
 from steerscreen.runs import RunDir, environment
@@ -120,6 +120,7 @@ class SteerConfig:
     """Run Python code shipped with the run's hub model (as the stats stage was told to)."""
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         for name in ("contexts", "context_len", "random_directions", "n_targets", "n_out",
                      "n_target_tokens", "shard_directions", "calibration_directions",
                      "pass_positions"):
