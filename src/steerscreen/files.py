@@ -25,7 +25,7 @@ def user_path(path: str | Path) -> Path:
 
     try:
         return Path(path).expanduser()
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:  # no such user; a NUL byte in the path
         raise SteerscreenError(f"cannot expand the path {str(path)!r} ({e})",
                                "write the full path") from e
 

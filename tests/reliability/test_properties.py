@@ -23,9 +23,12 @@ from steerscreen.stats import StatsAccumulator, StatsOptions
 from steerscreen.study.config import TOP_FIELDS, build_config
 from tests.stats.synthetic import accumulate, make_data
 
-FAST = settings(max_examples=150, deadline=None,
+# derandomize: CI sees the same examples every run (a property that fails there fails every
+# time, not one run in fifty); the regressions hypothesis found are pinned with @example.
+FAST = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-SLOW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
 
 SCHEMES = ["", "embedded:", "hf:", "gguf:", "local:", "saelens:", "text:", "jsonl:", "http:",
            "~", "./", "/", "C:\\"]
@@ -61,6 +64,7 @@ def test_valid_model_specs_round_trip(target: str) -> None:
 
 @FAST
 @given(spec_text)
+@example("~\x00")  # found by hypothesis: os.path.expanduser raised ValueError
 def test_sae_specs_check_or_raise_steerscreen_error(spec: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -192,7 +196,8 @@ def _assert_same(a: StatsAccumulator, b: StatsAccumulator) -> None:
             assert va == sb[k], k
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**16), st.integers(6, 10), st.data())  # make_data needs B >= 6
 def test_merging_chunk_accumulators_equals_one_pass(seed: int, B: int, data) -> None:
     d = make_data(B=B, T=5, F=10, D=4, vocab=7, seed=seed, dead=(3,))

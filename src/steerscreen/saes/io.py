@@ -142,6 +142,8 @@ def _split_scheme(spec: str) -> tuple[str | None, str]:
 
 
 def _resolve_local(rest: str, spec: str) -> Path:
+    if "\x00" in rest:  # the OS cannot take it: say so rather than let os.stat raise
+        raise SpecError(f"SAE spec {spec!r} holds a NUL byte", "write the SAE folder's path")
     try:
         path = Path(rest).expanduser()
     except RuntimeError:  # "~name/..." for a user that does not exist
