@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from steerscreen.corpus import DEFAULT_SPLITS, Corpus, max_contexts, split_documents
-from steerscreen.errors import CorpusError, PairingError, SpecError, SteerscreenError
+from steerscreen.errors import CorpusError, SpecError, SteerscreenError
 from steerscreen.files import user_path
 from steerscreen.memory import check_fits
 from steerscreen.models.hooks import HookPoint, check_finite
 from steerscreen.models.shape import read_model_shape
 from steerscreen.saes.io import read_sae_header
-from steerscreen.saes.pairing import SAELike, validate_pairing
+from steerscreen.saes.pairing import SAELike, check_layer, validate_pairing
 
 if TYPE_CHECKING:
     from steerscreen.models.hooks import HookedModel
@@ -72,7 +72,7 @@ def check_stats(cfg: StatsConfig, out: str | Path, *, model: HookedModel | None 
     if shape is not None and header is not None:
         hp = validate_pairing(header, shape, cfg.hook)
     elif shape is not None and cfg.hook is not None:
-        hp = _hook_in_range(cfg.hook, shape)
+        hp = check_layer(HookPoint.parse(cfg.hook), shape)
     if shape is not None and header is not None:
         n_ctx = -(-cfg.tokens // (cfg.context_len - 1))
         acc = cfg.options().memory_bytes(header_d_sae(header), shape.d_model,
@@ -121,6 +121,7 @@ def check_steer(cfg: SteerConfig, stats: dict[str, Any], n_features: int, *,
                 model: HookedModel | None = None, down: SAELike | None = None) -> None:
     """Before a steer stage loads anything: feature ids against the stats table, the downstream
     SAE against the recorded model and hook, and the steered batch against memory."""
+    from steerscreen.steering.engine import cache_bytes, row_bytes
     from steerscreen.steering.sampling import parse_feature_ids
 
     if cfg.feature_ids is not None:
@@ -141,8 +142,8 @@ def check_steer(cfg: SteerConfig, stats: dict[str, Any], n_features: int, *,
         t, v, d = cfg.context_len, shape.vocab_size, shape.d_model
         n_ctx = max(cfg.contexts, cfg.fresh_contexts, cfg.calibration_contexts)
         check_fits("the steer stage", {
-            "steered batch": cfg.batch_rows * 4 * t * (6 * v + 6 * g + 32 * d),
-            "clean cache": 4 * n_ctx * t * (2 * v + 2 * d + g),
+            "steered batch": cfg.batch_rows * row_bytes(t, v, d, g),
+            "clean cache": cache_bytes(n_ctx, t, v, d, g),
             **_model_bytes(shape, sc.get("dtype", "float32"))},
             cfg.device, "lower --batch-rows (or leave it out: it is then sized from free "
             "memory), --context-len or --contexts")
@@ -158,7 +159,7 @@ def check_train(configs: Sequence[TrainConfig], out: str | Path | None, *,
     shape = model if model is not None else read_model_shape(base.model)
     if shape is None:
         return
-    hooks = {_hook_in_range(c.hook, shape).name for c in configs}
+    hooks = {check_layer(HookPoint.parse(c.hook), shape).name for c in configs}
     per_token = 4 * shape.d_model * len(hooks)
     n_train = base.tokens + base.context_len  # whole contexts are collected
     check_fits("train-sae", {
@@ -178,16 +179,6 @@ def check_train_corpus(base: TrainConfig, corpus: Corpus) -> None:
     check_corpus_fits(docs, base.context_len, -(-base.tokens // (base.context_len - 1)),
                       f"the training split ({len(docs)} of {len(corpus.documents)} documents "
                       f"of {corpus.spec!r})", f"--tokens {base.tokens}")
-
-
-def _hook_in_range(hook: str, shape: Any) -> HookPoint:
-    hp = HookPoint.parse(hook)
-    if hp.layer >= shape.n_layers:
-        raise PairingError(
-            f"hook {hp.name} is at layer {hp.layer}, but model {shape.name!r} has "
-            f"{shape.n_layers} layers (0..{shape.n_layers - 1})",
-            f"use a hook and SAE at a layer between 0 and {shape.n_layers - 1}")
-    return hp
 
 
 def header_d_sae(sae: Any) -> int:

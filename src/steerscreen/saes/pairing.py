@@ -65,6 +65,17 @@ def canonical_model_name(name: str) -> str:
     return _MODEL_ALIASES.get(n, n)
 
 
+def check_layer(hp: HookPoint, model: ModelLike) -> HookPoint:
+    """``hp`` if its layer exists in ``model``, else the PairingError that says which do."""
+    if hp.layer >= model.n_layers:
+        raise PairingError(
+            f"hook {hp.name} is at layer {hp.layer}, but model {model.name!r} has "
+            f"{model.n_layers} layers (0..{model.n_layers - 1})",
+            f"use a hook and SAE at a layer between 0 and {model.n_layers - 1}",
+        )
+    return hp
+
+
 def validate_pairing(loaded: SAELike, model: ModelLike, hook: str | None) -> HookPoint:
     """The hook point to use ``loaded`` at on ``model``, or PairingError saying why not.
 
@@ -95,12 +106,7 @@ def validate_pairing(loaded: SAELike, model: ModelLike, hook: str | None) -> Hoo
         hp = meta_hp
     else:
         hp = HookPoint.parse(hook)  # SpecError: already says how to write a hook
-    if hp.layer >= model.n_layers:
-        raise PairingError(
-            f"hook {hp.name} is at layer {hp.layer}, but model {model.name!r} has "
-            f"{model.n_layers} layers (0..{model.n_layers - 1})",
-            f"use a hook and SAE at a layer between 0 and {model.n_layers - 1}",
-        )
+    check_layer(hp, model)
     d_in = loaded.d_in
     if d_in != model.d_model:
         fits = (f" such as {loaded.model_name!r}" if loaded.model_name and canonical_model_name(

@@ -88,12 +88,20 @@ class CleanCache:
         return {k: v[c0:c1] for k, v in self.terms.items()}
 
 
-def row_bytes(model: HookedModel, context_len: int, d_sae_down: int) -> int:
+def row_bytes(context_len: int, vocab: int, d_model: int, d_sae_down: int,
+              d_ff: int | None = None) -> int:
     """Peak working memory of one steered row (float32): the logits and ~4 vocabulary-sized
-    temporaries, ~5 downstream-SAE-sized ones, and the model's own activations."""
-    t, v, d = context_len, model.vocab_size, model.d_model
-    ffn = int(getattr(model.model.config, "intermediate_size", 4 * d) or 4 * d)
-    return 4 * t * (6 * v + 6 * d_sae_down + 16 * d + 4 * ffn)
+    temporaries, ~5 downstream-SAE-sized ones, and the model's own activations (``d_ff``
+    unknown: 4 d_model)."""
+    ffn = d_ff or 4 * d_model
+    return 4 * context_len * (6 * vocab + 6 * d_sae_down + 16 * d_model + 4 * ffn)
+
+
+def cache_bytes(n_contexts: int, context_len: int, vocab: int, d_model: int,
+                d_sae_down: int) -> int:
+    """Memory of one context set's :class:`CleanCache` (float32): log-probs and sqrt(p), the
+    residuals at h and h', and the downstream activations."""
+    return 4 * n_contexts * context_len * (2 * vocab + 2 * d_model + d_sae_down)
 
 
 def auto_batch_rows(model: HookedModel, context_len: int, d_sae_down: int,
@@ -106,7 +114,9 @@ def auto_batch_rows(model: HookedModel, context_len: int, d_sae_down: int,
     if free is None:  # unknown: fall back to the free physical pages
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     budget = max(0, free - reserved) * share
-    return int(max(1, min(cap, budget // row_bytes(model, context_len, d_sae_down))))
+    ffn = getattr(model.model.config, "intermediate_size", None)
+    row = row_bytes(context_len, model.vocab_size, model.d_model, d_sae_down, ffn)
+    return int(max(1, min(cap, budget // row)))
 
 
 class SteeringEngine:
@@ -158,11 +168,10 @@ class SteeringEngine:
         reuses the recorded size, so its rows round exactly as the finished ones did)."""
         ids = torch.as_tensor(np.asarray(token_ids_CT), dtype=torch.long)
         c, t = ids.shape
-        v = self.model.vocab_size
         g = self.down.d_sae if self.down is not None else 0
-        cache_bytes = 4 * c * t * (2 * v + 2 * self.model.d_model + g)
+        reserved = cache_bytes(c, t, self.model.vocab_size, self.model.d_model, g)
         b = (aligned_rows(batch_rows, c) if batch_rows is not None
-             else self.batch_rows(c, t, reserved=cache_bytes))
+             else self.batch_rows(c, t, reserved=reserved))
         dev = self.model.device
         resid, logp, dres, dact = [], [], [], []
         for i in range(0, c, b):
