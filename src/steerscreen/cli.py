@@ -55,6 +55,20 @@ _RESUME_HELP = ("Continue the {stage} stage recorded in {folder} and fail if it 
                 "--resume never recomputes with another config and cannot go with --force.")
 
 
+# Where a stage's shards run (steerscreen.cluster.ClusterOptions): the same options on stats and
+# steer.
+_Backend = Annotated[str, typer.Option(help="local (this process) or ray (one Ray task per "
+                                       "shard; pip install 'steerscreen[ray]').")]
+_Address = Annotated[str | None, typer.Option(help="Ray cluster to join (auto, HOST:PORT, "
+                                              "ray://HOST:10001); default: start a local one.")]
+_Workers = Annotated[int | None, typer.Option(help="CPUs of the local Ray instance (default: "
+                                              "all).")]
+_TaskCpus = Annotated[float, typer.Option(help="CPUs (and torch threads) per Ray task.")]
+_TaskGpus = Annotated[float | None, typer.Option(help="GPUs per Ray task (default: 1 with "
+                                                 "--device cuda, else 0).")]
+_MaxRetries = Annotated[int, typer.Option(help="Reruns of a Ray task whose worker died.")]
+
+
 def _fail(err: SteerscreenError) -> None:
     # Messages quote user input and specs ("hf:OWNER/REPO[/SUBFOLDER]"): never rich markup.
     console.print(f"[bold red]error:[/] {escape(err.what)}")
@@ -185,6 +199,15 @@ def stats(
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="Run Python code shipped with a hub model (off by default: "
         "it runs with your rights; read it first).")] = False,
+    shard_contexts: Annotated[int, typer.Option(help="Contexts per shard (one Ray task each; "
+                                                "the same value gives the same bits on either "
+                                                "backend).")] = 256,
+    backend: _Backend = "local",
+    address: _Address = None,
+    workers: _Workers = None,
+    task_cpus: _TaskCpus = 1.0,
+    task_gpus: _TaskGpus = None,
+    max_retries: _MaxRetries = 3,
 ) -> None:
     """Pre-intervention statistics for every feature (METHOD §1), in one streaming pass."""
     from steerscreen.stats.stage import StatsConfig, run_stats
@@ -196,7 +219,9 @@ def stats(
         coact_size=coact_size, max_partners=max_partners, n_examples=n_examples,
         example_window=example_window, neighbour_threshold=neighbour_threshold,
         n_components=n_components, decode_examples=decode_examples, device=device,
-        dtype=dtype, trust_remote_code=trust_remote_code, checkpoint_s=checkpoint_every)
+        dtype=dtype, trust_remote_code=trust_remote_code, checkpoint_s=checkpoint_every,
+        shard_contexts=shard_contexts, backend=backend, address=address, workers=workers,
+        task_cpus=task_cpus, task_gpus=task_gpus, max_retries=max_retries)
     res = run_stats(cfg, out, force=force, resume=resume,
                     log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     state = "already complete (skipped)" if res.skipped else f"{res.seconds:.1f} s"
@@ -255,6 +280,12 @@ def steer(
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="Run Python code shipped with a hub model (off by default: "
         "it runs with your rights; read it first).")] = False,
+    backend: _Backend = "local",
+    address: _Address = None,
+    workers: _Workers = None,
+    task_cpus: _TaskCpus = 1.0,
+    task_gpus: _TaskGpus = None,
+    max_retries: _MaxRetries = 3,
 ) -> None:
     """Steer a sample of features and measure outcomes (METHOD §2-3); resumable."""
     from steerscreen.steering.stage import SteerConfig, run_steer
@@ -267,7 +298,8 @@ def steer(
         kl_tolerance=kl_tolerance, calibration_contexts=calibration_contexts,
         calibration_directions=calibration_directions, seed=seed, batch_rows=batch_rows,
         shard_directions=shard_directions, device=device,
-        trust_remote_code=trust_remote_code)
+        trust_remote_code=trust_remote_code, backend=backend, address=address, workers=workers,
+        task_cpus=task_cpus, task_gpus=task_gpus, max_retries=max_retries)
     res = run_steer(cfg, run, force=force, resume=resume,
                     log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     state = "already complete (skipped)" if res.skipped else f"{res.seconds:.1f} s"

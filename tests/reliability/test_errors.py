@@ -181,6 +181,12 @@ CASES = [
     Case("fit-top-share", ["fit", "--run", "{out}", "--top-share", "nan"],
          "must be a number between 0 and 1"),
     Case("fit-splits", ["fit", "--run", "{out}", "--n-splits", "1"], "must be an integer >= 2"),
+    # where the shards run (--backend ray)
+    Case("backend-unknown", stats("--backend", "dask"), "unknown backend",
+         detail="unknown backend 'dask'"),
+    Case("address-without-ray", steer("--address", "auto"), "are Ray options",
+         out="stats_run"),
+    Case("task-gpus", stats("--backend", "ray", "--task-gpus", "-1"), "task_gpus must be >= 0"),
     # memory
     Case("stats-memory", stats("--reservoir-size", str(10**10)), "the stats pass needs at least"),
     Case("steer-memory", steer("--batch-rows", str(10**9)), "the steer stage needs at least",

@@ -110,17 +110,17 @@ def reference_update(acc: StatsAccumulator, acts_BTF: torch.Tensor, ids_BT: torc
     acc.n_contexts_by_len[t_sz] = acc.n_contexts_by_len.get(t_sz, 0) + b_sz
     acc.n_fire += active.sum((0, 1))
     acc.n_ctx_fire += active.any(1).sum(0)
-    acc.sum_act += a_BTF.sum((0, 1), dtype=torch.float64)
+    acc.shard_sums["sum_act"] += a_BTF.sum((0, 1), dtype=torch.float64)
     if input_scale_BT is None:
-        acc.sum_act_raw += a_BTF.sum((0, 1), dtype=torch.float64)
+        acc.shard_sums["sum_act_raw"] += a_BTF.sum((0, 1), dtype=torch.float64)
     else:
         s_BT = input_scale_BT[:, 1:].to(dev, torch.float64)
-        acc.sum_act_raw += (a_BTF.double() * s_BT[..., None]).sum((0, 1))
+        acc.shard_sums["sum_act_raw"] += (a_BTF.double() * s_BT[..., None]).sum((0, 1))
     if resid_BTD is not None:
         x_ND = resid_BTD[:, 1:].reshape(-1, resid_BTD.shape[-1]).to(dev, torch.float64)
         acc.n_resid += x_ND.shape[0]
-        acc.sum_resid += x_ND.sum(0)
-        acc.sum_resid_sq += x_ND.T @ x_ND
+        acc.shard_sums["sum_resid"] += x_ND.sum(0)
+        acc.shard_sums["sum_resid_sq"] += x_ND.T @ x_ND
     if final_scale_BT is not None:
         acc.add_final_scales(final_scale_BT)
     if resid_norm_BT is not None:

@@ -7,7 +7,14 @@ from steerscreen.models.hooks import (
     HookPoint,
     Unembed,
 )
-from steerscreen.models.loading import DEFAULT_MODEL, EMBEDDED, ModelSpec, describe, load_model
+from steerscreen.models.loading import (
+    DEFAULT_MODEL,
+    EMBEDDED,
+    ModelSpec,
+    describe,
+    load_model,
+    model_sha256,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -20,4 +27,5 @@ __all__ = [
     "Unembed",
     "describe",
     "load_model",
+    "model_sha256",
 ]

@@ -14,16 +14,20 @@
 
 Position 0 (BOS) is dropped here, so callers pass whole contexts.
 
-**Exact merging.** Counts add; sums add (float64, so a merge equals a whole run up to rounding);
-the reservoir of f is the ``R`` firings with the smallest keys ``splitmix64(splitmix64(uid ^
-seed') + f)``, ``uid = ctx_id << 20 | t``: the key depends only on the firing, and the mix is a
-bijection, so keys never tie within a feature and ``merge(run(A), run(B))`` equals ``run(A + B)``
-bit for bit, whatever the batch order or sharding. Examples are ordered by (value desc, uid asc),
+**Exact merging.** Counts add. The float64 sums are kept per *shard* (a fixed run of contexts,
+``collect_stats``'s ``shard_contexts``): each shard sums its own batches from zero and ``fold``
+adds that to the totals in shard order, so a pass over shards 0..n in one process and a merge,
+in shard order, of states computed one shard each anywhere give the same bits (other shard or
+batch boundaries change only the sums' last bits). The reservoir of f is the ``R`` firings
+with the smallest keys ``splitmix64(splitmix64(uid ^ seed') + f)``, ``uid = ctx_id << 20 | t``:
+the key depends only on the firing, and the mix is a bijection, so keys never tie within a
+feature and ``merge(run(A), run(B))`` equals ``run(A + B)`` bit for bit, whatever the batch
+order or sharding. Examples are ordered by (value desc, uid asc),
 a total order, so they merge exactly too. Context ids must be unique across shards.
 
 **Memory** (bytes, F features, D model width, P = ``max_partners``)::
 
-    F * (32 + 24 R + R_co (4 P + 1) + K (12 + 4 W)) + 8 D (D + 1) + 4 N_fin + 4 N_norm
+    F * (48 + 24 R + R_co (4 P + 1) + K (12 + 4 W)) + 16 D (D + 1) + 4 N_fin + 4 N_norm
 
 (N_fin = positions with a final-norm scale, N_norm = positions with a residual norm: 4 bytes each,
 so the exact medians cost 4 MB per million positions; one copy, a merge transiently needs about
@@ -46,6 +50,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+
+from steerscreen.exact import matmul
 
 POS_BITS = 20  # uid = ctx_id << POS_BITS | t: contexts up to ~1M tokens
 INT64_MAX = torch.iinfo(torch.int64).max
@@ -121,8 +127,8 @@ class StatsOptions:
         """The accumulator state's size in bytes (the module docstring's formula)."""
         r, rc, p = self.reservoir_size, self.coact_slots, self.max_partners
         k, w = self.n_examples, self.example_window
-        per_f = 32 + 24 * r + rc * (4 * p + 1) + k * (12 + 4 * w)
-        return n_features * per_f + 8 * d_model * (d_model + 1) + 4 * (n_final + n_norms)
+        per_f = 48 + 24 * r + rc * (4 * p + 1) + k * (12 + 4 * w)  # sums: totals + shard's
+        return n_features * per_f + 16 * d_model * (d_model + 1) + 4 * (n_final + n_norms)
 
 
 @dataclass
@@ -243,13 +249,16 @@ class StatsAccumulator:
         self.n_contexts_by_len: dict[int, int] = {}  # positions >= 1 per context -> count
         self.n_fire = torch.zeros(f, dtype=torch.int64, device=dev)
         self.n_ctx_fire = torch.zeros(f, dtype=torch.int64, device=dev)
-        self.sum_act = torch.zeros(f, dtype=torch.float64, device=dev)
-        self.sum_act_raw = torch.zeros(f, dtype=torch.float64, device=dev)
         self.reservoir = Reservoir.empty(f, self.options, dev)
         self.examples = Examples.empty(f, self.options, dev)
         self.n_resid = 0
-        self.sum_resid = torch.zeros(d_model, dtype=torch.float64, device=dev)
-        self.sum_resid_sq = torch.zeros((d_model, d_model), dtype=torch.float64, device=dev)
+        # The float64 sums, as totals of the shards folded so far plus the current shard's own
+        # sums (see ``fold``): the per-batch sums always go to the latter.
+        shapes = {"sum_act": (f,), "sum_act_raw": (f,), "sum_resid": (d_model,),
+                  "sum_resid_sq": (d_model, d_model)}
+        self.sums = {k: torch.zeros(v, dtype=torch.float64, device=dev)
+                     for k, v in shapes.items()}
+        self.shard_sums = {k: torch.zeros_like(v) for k, v in self.sums.items()}
         self.final_scales = torch.zeros(0, dtype=torch.float32, device=dev)  # sorted
         self._resid_norms = torch.zeros(0, dtype=torch.float32, device=dev)  # sorted
         self._resid_norm_parts: list[torch.Tensor] = []  # not yet sorted in (lazy)
@@ -288,18 +297,19 @@ class StatsAccumulator:
         # The float64 sums stay the same dense reductions (``sum(dtype=float64)`` reduces
         # ``a.to(float64)``, bit for bit, without the float64 copy, whose fresh pages cost more
         # than the sum; a scale of exactly 1 leaves every term, so the sum, unchanged).
+        sums = self.shard_sums
         sum_a = a_BTF.sum((0, 1), dtype=torch.float64)
-        self.sum_act += sum_a
+        sums["sum_act"] += sum_a
         if input_scale_BT is None or bool((input_scale_BT[:, 1:] == 1).all()):
-            self.sum_act_raw += sum_a
+            sums["sum_act_raw"] += sum_a
         else:
             s_BT = input_scale_BT[:, 1:].to(dev, torch.float64)
-            self.sum_act_raw += a_BTF.double().mul_(s_BT[..., None]).sum((0, 1))
+            sums["sum_act_raw"] += a_BTF.double().mul_(s_BT[..., None]).sum((0, 1))
         if resid_BTD is not None:
             x_ND = resid_BTD[:, 1:].reshape(-1, resid_BTD.shape[-1]).to(dev, torch.float64)
             self.n_resid += x_ND.shape[0]
-            self.sum_resid += x_ND.sum(0)
-            self.sum_resid_sq += x_ND.T @ x_ND
+            sums["sum_resid"] += x_ND.sum(0)
+            sums["sum_resid_sq"] += matmul(x_ND.T, x_ND)  # thread-count free: exact.py
         if final_scale_BT is not None:
             self.add_final_scales(final_scale_BT)
         if resid_norm_BT is not None:
@@ -314,6 +324,43 @@ class StatsAccumulator:
         self._update_reservoir(a_BTF, ids_BT, q, b, t, f, val, uid, key)
         self._update_examples(ids_BT, b, pos, f, val, uid)
         return self
+
+    def fold(self) -> StatsAccumulator:
+        """End the current shard: add its float64 sums to the totals and start the next at 0.
+
+        A pass folds at every shard boundary (``collect_stats``'s ``shard_contexts``) and a
+        merge folds both sides, so the sums are always ``((s_0 + s_1) + s_2) + ...`` over the
+        shards' own sums, in shard order: the same bits whether one process ran the shards one
+        after another or many processes ran one each and their states were merged in order.
+        """
+        for k, v in self.shard_sums.items():
+            self.sums[k] += v
+            v.zero_()
+        return self
+
+    @property
+    def sum_act(self) -> torch.Tensor:
+        """Sum of each feature's activations (SAE units) -> float64 [F]."""
+        return self._sum("sum_act")
+
+    @property
+    def sum_act_raw(self) -> torch.Tensor:
+        """Sum of each feature's activations in raw residual units -> float64 [F]."""
+        return self._sum("sum_act_raw")
+
+    @property
+    def sum_resid(self) -> torch.Tensor:
+        """Sum of the SAE's input residual over positions >= 1 -> float64 [D]."""
+        return self._sum("sum_resid")
+
+    @property
+    def sum_resid_sq(self) -> torch.Tensor:
+        """Sum of its outer products -> float64 [D, D]."""
+        return self._sum("sum_resid_sq")
+
+    def _sum(self, name: str) -> torch.Tensor:
+        # What fold() would make of it (total + 0 is the total, bit for bit), without folding.
+        return self.sums[name] + self.shard_sums[name]
 
     def add_final_scales(self, final_scale_BT: torch.Tensor) -> None:
         """Record final-norm scales of whole contexts (position 0 dropped), kept sorted."""
@@ -540,9 +587,10 @@ class StatsAccumulator:
         out.n_contexts_by_len = dict(sorted(lens.items()))
         o = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
              for k, v in other.state_dict().items()}
-        for name in ("n_fire", "n_ctx_fire", "sum_act", "sum_act_raw", "sum_resid",
-                     "sum_resid_sq"):
+        for name in ("n_fire", "n_ctx_fire"):
             setattr(out, name, getattr(self, name) + o[name])
+        for name in out.sums:  # both sides folded (x + 0 = x): the sums of ``fold``
+            out.sums[name] = self._sum(name) + (o[name] + o[f"shard.{name}"])
         out.n_resid = self.n_resid + other.n_resid
         out.final_scales = torch.sort(torch.cat([self.final_scales, o["final_scales"]])).values
         out._resid_norms = torch.sort(torch.cat([self.resid_norms, o["resid_norms"]])).values
@@ -560,9 +608,11 @@ class StatsAccumulator:
             "d_model": self.d_model, "n_positions": self.n_positions,
             "n_contexts_by_len": dict(self.n_contexts_by_len), "n_resid": self.n_resid,
         }
-        for name in ("n_fire", "n_ctx_fire", "sum_act", "sum_act_raw", "sum_resid",
-                     "sum_resid_sq", "final_scales", "resid_norms"):
+        for name in ("n_fire", "n_ctx_fire", "final_scales", "resid_norms"):
             d[name] = getattr(self, name)
+        for name, v in self.sums.items():  # the split is kept: a resumed shard folds the same
+            d[name] = v
+            d[f"shard.{name}"] = self.shard_sums[name]
         for part in ("reservoir", "examples"):
             obj = getattr(self, part)
             for f in fields(obj):
@@ -575,9 +625,12 @@ class StatsAccumulator:
         acc = cls(d["n_features"], d["d_model"], StatsOptions(**d["options"]), device)
         acc.n_positions, acc.n_resid = int(d["n_positions"]), int(d["n_resid"])
         acc.n_contexts_by_len = {int(k): int(v) for k, v in d["n_contexts_by_len"].items()}
-        for name in ("n_fire", "n_ctx_fire", "sum_act", "sum_act_raw", "sum_resid",
-                     "sum_resid_sq", "final_scales"):
+        for name in ("n_fire", "n_ctx_fire", "final_scales"):
             setattr(acc, name, d[name].to(acc.device))
+        for name in acc.sums:  # states saved before shards existed hold only the totals
+            acc.sums[name] = d[name].to(acc.device, torch.float64)
+            if f"shard.{name}" in d:
+                acc.shard_sums[name] = d[f"shard.{name}"].to(acc.device, torch.float64)
         if "resid_norms" in d:  # states saved before the dose unit was measured lack it
             acc._resid_norms = d["resid_norms"].to(acc.device, torch.float32)
         acc.reservoir = Reservoir(*(d[f"reservoir.{f.name}"].to(acc.device)

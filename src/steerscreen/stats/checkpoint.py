@@ -42,24 +42,66 @@ CHECKPOINT_DIR = ".stats_checkpoint"
 FORMAT = "steerscreen-stats-checkpoint/1"
 
 
-def save(folder: Path, acc: StatsAccumulator, next_context: int, key: str) -> dict[str, Any]:
-    """Write checkpoint ``state-NEXT`` (tensors, then the JSON naming them), drop older ones
-    -> its manifest record."""
+def write_state(folder: Path, stem: str, acc: StatsAccumulator, key: str,
+                **meta: Any) -> dict[str, str]:
+    """Write ``STEM.safetensors`` (every tensor) and then ``STEM.json`` (the scalars, ``key``,
+    ``meta`` and the tensors' sha256), each atomically -> {file name: sha256}.
+
+    The state files of a checkpoint and of a Ray stats shard (:mod:`.distributed`)."""
     state = acc.state_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()
                if isinstance(v, torch.Tensor)}
     scalars = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
-    stem = f"state-{int(next_context):010d}"
+    folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     with atomic_path(folder / f"{stem}.safetensors") as tmp:
         save_file(tensors, str(tmp))
         files[f"{stem}.safetensors"] = sha256_file(tmp)
-    meta = {"format": FORMAT, "key": key, "next_context": int(next_context),
-            "tensors": f"{stem}.safetensors", "tensors_sha256": files[f"{stem}.safetensors"],
-            "state": scalars}
+    doc = {"format": FORMAT, "key": key, **meta, "tensors": f"{stem}.safetensors",
+           "tensors_sha256": files[f"{stem}.safetensors"], "state": scalars}
     with atomic_path(folder / f"{stem}.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         files[f"{stem}.json"] = sha256_file(tmp)
+    return files
+
+
+def read_state(meta_path: Path, key: str, device: torch.device | str
+               ) -> tuple[StatsAccumulator, dict[str, Any], dict[str, str]]:
+    """Read back what :func:`write_state` wrote -> (accumulator, its JSON, {file: sha256}).
+
+    Raises ValueError when the files are foreign (another format or config) or damaged (the
+    tensors' hash differs), and OSError / KeyError / TypeError when unreadable."""
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT or meta.get("key") != key:
+        raise ValueError("it belongs to another config")
+    tensors = meta_path.parent / Path(meta["tensors"]).name  # never outside the folder
+    files = {tensors.name: sha256_file(tensors), meta_path.name: sha256_file(meta_path)}
+    if files[tensors.name] != meta["tensors_sha256"]:
+        raise ValueError("it is damaged (its tensors' hash differs from the one it records)")
+    acc = StatsAccumulator.from_state_dict({**meta["state"], **load_file(tensors)},
+                                           device=device)
+    return acc, meta, files
+
+
+def try_read_state(meta_path: Path, key: str, device: torch.device | str,
+                   say: Callable[[str], None], what: str, outcome: str
+                   ) -> tuple[StatsAccumulator, dict[str, Any], dict[str, str]] | None:
+    """:func:`read_state`, or None after saying why the files are ``outcome`` ("not used",
+    "redone"); ``what`` names them ("the stats checkpoint")."""
+    try:
+        return read_state(meta_path, key, device)
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:  # truncated files
+        say(f"{what} {meta_path.name} is unreadable ({e}): {outcome}")
+    except ValueError as e:  # foreign or damaged
+        say(f"{what} {meta_path.name} is {outcome}: {e}")
+    return None
+
+
+def save(folder: Path, acc: StatsAccumulator, next_context: int, key: str) -> dict[str, Any]:
+    """Write checkpoint ``state-NEXT`` (tensors, then the JSON naming them), drop older ones
+    -> its manifest record."""
+    files = write_state(folder, f"state-{int(next_context):010d}", acc, key,
+                        next_context=int(next_context))
     for old in folder.iterdir():  # older ones and stray temp files, once the new one is whole
         if old.name not in files and old.is_file():
             old.unlink(missing_ok=True)
@@ -72,22 +114,10 @@ def load(folder: Path, key: str, recorded: Mapping[str, Any] | None,
     """The newest whole checkpoint of this config: (accumulator, next context, its manifest
     record), or None (there is none; the pass starts over)."""
     for meta_path in sorted(folder.glob("state-*.json"), reverse=True):
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if meta.get("format") != FORMAT or meta.get("key") != key:
-                say(f"the stats checkpoint {meta_path.name} belongs to another config: not used")
-                continue
-            tensors = folder / Path(meta["tensors"]).name  # never outside the folder
-            files = {tensors.name: sha256_file(tensors), meta_path.name: sha256_file(meta_path)}
-            if files[tensors.name] != meta["tensors_sha256"]:
-                say(f"the stats checkpoint {meta_path.name} is damaged (its tensors' hash "
-                    "differs): not used")
-                continue
-            acc = StatsAccumulator.from_state_dict({**meta["state"], **load_file(tensors)},
-                                                   device=device)
-        except (OSError, ValueError, KeyError, TypeError) as e:  # truncated or foreign files
-            say(f"the stats checkpoint {meta_path.name} is unreadable ({e}): not used")
+        got = try_read_state(meta_path, key, device, say, "the stats checkpoint", "not used")
+        if got is None:
             continue
+        acc, meta, files = got
         if files != (recorded or {}).get("files"):
             say(f"the stats checkpoint {meta_path.name} was written but not recorded "
                 "(interrupted): verified and adopted")

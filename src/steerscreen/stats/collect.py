@@ -9,10 +9,13 @@ to the end of the model (reading both hooks in one forward), so its cost is boun
 The raw residual's L2 norm at every position >= 1 is recorded too: its median r is the dose unit
 of METHOD §2 (``alpha = s * r``).
 
-Shards: give each shard its contexts' corpus-wide ids (``ctx_id_offset``) and merge the
-accumulators; the result equals one pass over all contexts. ``into`` continues an existing
-accumulator instead (the same result, with no merge); with ``start`` it resumes a pass at a
-context (a checkpoint's next context), and ``after_batch`` sees the state after every batch
+Shards. A pass is cut into fixed shards of ``shard_contexts`` contexts (no batch straddles two)
+and the accumulator folds its float64 sums at every shard boundary
+(:meth:`StatsAccumulator.fold`), so the same shards run one per worker and merged in order give
+the same state bit for bit (:mod:`steerscreen.stats.distributed`). ``start`` / ``stop`` select
+contexts of the pass (a shard, or the rest after a checkpoint); context i keeps its pass index
+for its id (``ctx_id_offset + i``) and for the final-norm choice. ``into`` continues an existing
+accumulator, and ``after_batch`` sees the state after every batch
 (:mod:`steerscreen.stats.checkpoint` saves it there).
 """
 
@@ -61,30 +64,36 @@ def collect_stats(model: HookedModel, loaded: LoadedSAE, contexts: Contexts,
                   hook: str | HookPoint, *, options: StatsOptions | None = None,
                   batch_size: int = 16, final_norm_contexts: int = 64,
                   ctx_id_offset: int = 0, into: StatsAccumulator | None = None,
-                  start: int = 0,
+                  start: int = 0, stop: int | None = None, shard_contexts: int | None = None,
                   after_batch: Callable[[int, StatsAccumulator], None] | None = None,
                   progress: Callable[[int], None] | None = None) -> StatsAccumulator:
-    """One pass over ``contexts``; context i gets the id ``ctx_id_offset + i``.
+    """Contexts ``start..stop`` of the pass over ``contexts``; context i gets the id
+    ``ctx_id_offset + i``, and the first ``final_norm_contexts`` of the pass run to the end.
 
-    ``into``: an accumulator to continue (its options win over ``options``); ``start``: the
-    first context to take (``into`` holding the ones before); ``after_batch`` is called with
+    ``into``: an accumulator to continue (its options win over ``options``), holding the
+    contexts before ``start``; ``shard_contexts``: the shard length (None: one shard), whose
+    boundaries batches never straddle and where the sums fold; ``after_batch`` is called with
     the next context and the accumulator after each batch; ``progress`` with the number of
-    tokens of each finished batch.
+    tokens of each finished batch. The sums are folded when ``stop`` ends a shard or the pass.
     """
     hp = model.hook_point(hook)
     last = HookPoint(model.n_layers - 1, "resid_post")
     unembed = model.unembed()
     acc = into if into is not None else StatsAccumulator(
         loaded.d_sae, loaded.d_in, options, device=loaded.sae.W_enc.device)
+    n = len(contexts) if stop is None else min(int(stop), len(contexts))
+    shard = int(shard_contexts) if shard_contexts else max(n, 1)
     ids_all = torch.as_tensor(contexts.token_ids)
-    for i0 in range(start, len(contexts), batch_size):
-        ids_BT = ids_all[i0:i0 + batch_size]
-        ctx_ids = torch.arange(i0, i0 + ids_BT.shape[0]) + ctx_id_offset
-        n_final = max(0, min(ids_BT.shape[0], final_norm_contexts - i0))
+    i0 = start
+    while i0 < n:
+        i1 = min(i0 + batch_size, n, (i0 // shard + 1) * shard)
+        ids_BT = ids_all[i0:i1]
+        ctx_ids = torch.arange(i0, i1) + ctx_id_offset
+        n_final = max(0, min(i1 - i0, final_norm_contexts - i0))
         reads = [hp, last] if n_final else [hp]
         out = model.forward(ids_BT, read=reads, logits=False)
         resid_BTD = out.acts[hp.name]
-        batch = f" (contexts {i0}..{i0 + ids_BT.shape[0] - 1} of the pass)"
+        batch = f" (contexts {i0}..{i1 - 1} of the pass)"
         check_finite(resid_BTD, hp.name, batch)
         x_BTD = sae_input(loaded, resid_BTD)
         acc.update(encode(loaded, resid_BTD), ids_BT, ctx_ids,
@@ -94,10 +103,13 @@ def collect_stats(model: HookedModel, loaded: LoadedSAE, contexts: Contexts,
             final_BTD = out.acts[last.name][:n_final].to(unembed.W_U.device)
             check_finite(final_BTD, last.name, batch)
             acc.add_final_scales(unembed.norm_scale(final_BTD))
+        if i1 % shard == 0 or i1 == len(contexts):
+            acc.fold()  # a shard ends here (before after_batch: checkpoints hold folded sums)
         if progress is not None:
             progress(int(ids_BT.numel()))
         if after_batch is not None:
-            after_batch(i0 + ids_BT.shape[0], acc)
+            after_batch(i1, acc)
+        i0 = i1
     return acc
 
 

@@ -144,7 +144,7 @@ def _memory_section() -> list[str]:
         "norm):",
         "",
         "```",
-        "F * (32 + 24 R + R_co (4 P + 1) + K (12 + 4 W)) + 8 D (D + 1) + 4 N_fin + 4 N_norm",
+        "F * (48 + 24 R + R_co (4 P + 1) + K (12 + 4 W)) + 16 D (D + 1) + 4 N_fin + 4 N_norm",
         "```",
         "",
         "It never holds an F x F matrix; co-activations are exact when P >= L0 - 1 "

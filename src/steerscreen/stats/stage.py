@@ -26,25 +26,30 @@ Interrupted, it resumes: the pass checkpoints its accumulators every ``checkpoin
 config and inputs continues from the last checkpoint, giving tables bit-identical to an
 uninterrupted pass. ``resume=True`` (``--resume``) only adds the check that the folder records
 a stats stage at all.
+
+With ``backend="ray"`` the pass runs as one Ray task per shard of ``shard_contexts`` contexts
+(:mod:`~steerscreen.stats.distributed`; finished shards are saved and recorded, so a rerun
+resumes there instead) and gives the same tables bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
-from steerscreen import preflight
+from steerscreen import cluster, preflight
+from steerscreen.cluster import CLUSTER_FIELDS, ClusterOptions
 from steerscreen.corpus import (
     DEFAULT_SPEC,
     DEFAULT_SPLITS,
@@ -56,12 +61,19 @@ from steerscreen.corpus import (
 from steerscreen.corpus import describe as describe_corpus
 from steerscreen.errors import CorpusError, SpecError, check_seed
 from steerscreen.files import sha256_json
-from steerscreen.models import DEFAULT_MODEL, HookedModel, HookPoint, ModelSpec, load_model
+from steerscreen.models import (
+    DEFAULT_MODEL,
+    HookedModel,
+    HookPoint,
+    ModelSpec,
+    load_model,
+    model_sha256,
+)
 from steerscreen.models import describe as describe_model
 from steerscreen.runs import RunDir, environment
 from steerscreen.saes.io import LoadedSAE, load_sae
 from steerscreen.saes.pairing import validate_pairing
-from steerscreen.stats import checkpoint
+from steerscreen.stats import checkpoint, distributed
 from steerscreen.stats.accumulators import StatsAccumulator, StatsOptions
 from steerscreen.stats.collect import collect_stats, stats_tables
 from steerscreen.stats.logits import logit_columns
@@ -75,12 +87,14 @@ from steerscreen.stats.table import (
 STAGE = "stats"
 FEATURE_LOGIT_TOKENS = "feature_logit_tokens.parquet"
 # Fields that change how fast the pass runs, never what it computes: recorded, not compared.
-_RUNTIME_FIELDS = ("batch_size", "device", "trust_remote_code", "checkpoint_s")
+_RUNTIME_FIELDS = ("batch_size", "device", "trust_remote_code", "checkpoint_s",
+                   "shard_contexts", *CLUSTER_FIELDS)
 
 
 @dataclass
-class StatsConfig:
-    """Everything that defines a stats stage; the CLI's options mirror these fields."""
+class StatsConfig(ClusterOptions):
+    """Everything that defines a stats stage; the CLI's options mirror these fields (where it
+    runs: :class:`~steerscreen.cluster.ClusterOptions`)."""
 
     sae: str
     """SAE spec: a SAELens folder (PATH or local:PATH), saelens:RELEASE/SAE_ID, hf:OWNER/REPO."""
@@ -125,14 +139,18 @@ class StatsConfig:
     """Model dtype: float32 or bfloat16 (the SAE and all statistics run in float32)."""
     checkpoint_s: float = 60.0
     """Seconds between checkpoints of the pass (0: after every batch); a rerun resumes there."""
+    shard_contexts: int = 256
+    """Contexts per shard: the unit of work of --backend ray (one task each) and where the
+    float64 sums fold (either backend), so both give the same bits for the same value."""
     trust_remote_code: bool = False
     """Run Python code shipped with a hub model (transformers' trust_remote_code); off unless
     asked for, since that code runs with the user's rights."""
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        self.check_cluster()
         for name in ("tokens", "batch_size", "reservoir_size", "max_partners", "n_examples",
-                     "example_window", "n_components"):
+                     "example_window", "n_components", "shard_contexts"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be positive, got {getattr(self, name)}",
                                 f"pass a positive --{name.replace('_', '-')}")
@@ -212,10 +230,19 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
     """Run the stats stage into the run folder ``out`` (see the module docstring).
 
     ``model`` / ``sae``: already-loaded objects to use instead of loading ``cfg.model`` /
-    ``cfg.sae`` (tests, notebooks). ``force`` recomputes over a recorded stage with another
+    ``cfg.sae`` (tests, notebooks; with ``backend="ray"`` the workers load the specs, which
+    must hold the same weights). ``force`` recomputes over a recorded stage with another
     config. Nothing is written before every input has been loaded and checked. ``resume``:
     fail unless ``out`` already records a stats stage (``--resume``).
     """
+    with contextlib.ExitStack() as hold:
+        return _run_stats(cfg, out, force, model=model, sae=sae, progress=progress,
+                          resume=resume, log=log, hold=hold)
+
+
+def _run_stats(cfg: StatsConfig, out: str | Path, force: bool, *, model: HookedModel | None,
+               sae: LoadedSAE | None, progress: bool, resume: bool,
+               log: Callable[[str], None] | None, hold: contextlib.ExitStack) -> StatsResult:
     say = log or (lambda _m: None)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -224,6 +251,8 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
         run.require_resumable(STAGE, force=force)
     run.check_stage(STAGE, cfg.record(), force=force)  # cheap: before anything is loaded
     preflight.check_stats(cfg, out, model=model, sae=sae)  # configs, --out, memory: cheap too
+    if cfg.backend == "ray":  # Ray up and able to run a task before anything heavy loads
+        hold.enter_context(cluster.session(cfg, cfg.device, "stats"))
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
         t = time.perf_counter()
@@ -257,13 +286,25 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
     unembed = model.unembed()
     key = sha256_json({"config": cfg.record(), "inputs": inputs})
     ckpt_dir = run.file(checkpoint.CHECKPOINT_DIR)
-    resumed = None
-    if check.record is not None and check.record.get("status") == "running" and (
-            check.record.get("config_sha256") == key):
+    shard_dir = run.file(distributed.SHARD_DIR)
+    continuing = check.record is not None and check.record.get("status") == "running" and (
+        check.record.get("config_sha256") == key)
+    resumed, shards = None, {}
+    if not continuing:  # a new stage: no progress of either backend counts
+        checkpoint.discard(ckpt_dir)
+        distributed.discard(shard_dir)
+    elif cfg.backend == "ray":  # a local run's checkpoint stays for a local rerun, and back
+        shards = distributed.reconcile(
+            shard_dir, key, check.record.get("shards"),
+            distributed.shard_bounds(len(contexts), cfg.shard_contexts), say)
+    else:
         resumed = checkpoint.load(ckpt_dir, key, check.record.get("checkpoint"),
                                   loaded.sae.W_enc.device, say)
-    if resumed is None:
-        checkpoint.discard(ckpt_dir)
+        if resumed is None:
+            checkpoint.discard(ckpt_dir)
+        if shard_dir.is_dir():
+            say("the shards of an interrupted --backend ray run are kept for a --backend ray "
+                "rerun; the local backend resumes only from its own checkpoints")
     run.begin_stage(STAGE, cfg.record(), inputs, extra={
         "environment": environment(cfg.device, cfg.dtype),
         "model": {**describe_model(model, cfg.model), "sha256": inputs["model_sha256"],
@@ -278,13 +319,29 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
         run.update_stage(STAGE, checkpoint=resumed[2])
         say(f"resuming the stats pass from its checkpoint: context {resumed[1]:,} of "
             f"{len(contexts):,} already accumulated")
-    saver = checkpoint.Checkpointer(ckpt_dir, key, len(contexts), cfg.checkpoint_s,
-                                    lambda rec: run.update_stage(STAGE, checkpoint=rec))
+    if shards:
+        run.update_stage(STAGE, shards=shards)
+        say(f"resuming the stats pass: {len(shards)} finished shard(s) reused")
 
     say(f"stats pass: {len(contexts):,} contexts x {cfg.context_len} tokens of the stats split, "
         f"{loaded.d_sae:,} features at {hp.name}")
-    acc = timed("pass", lambda: _pass(cfg, model, loaded, contexts, hp, progress,
-                                      resumed[:2] if resumed else None, saver))
+    t = time.perf_counter()
+    start = resumed[1] if resumed else 0
+    with _bar(progress, contexts.n_tokens, int(contexts.token_ids[:start].size)) as advance:
+        if cfg.backend == "ray":
+            acc = distributed.ray_pass(cfg, run, contexts, hp.name, inputs, key, shards, say,
+                                       advance)
+            if acc.device != loaded.sae.W_enc.device:  # merged on the host; tables go with W
+                acc = StatsAccumulator.from_state_dict(acc.state_dict(), loaded.sae.W_enc.device)
+        else:
+            saver = checkpoint.Checkpointer(ckpt_dir, key, len(contexts), cfg.checkpoint_s,
+                                            lambda rec: run.update_stage(STAGE, checkpoint=rec))
+            acc = collect_stats(model, loaded, contexts, hp, options=cfg.options(),
+                                batch_size=cfg.batch_size, shard_contexts=cfg.shard_contexts,
+                                final_norm_contexts=cfg.final_norm_contexts,
+                                into=resumed[0] if resumed else None, start=start,
+                                after_batch=saver, progress=advance)
+    timings["pass"] = time.perf_counter() - t
     r = acc.residual_norm()
     alpha = cfg.strength * r
     tables = timed("table", lambda: stats_tables(acc, loaded, model, cfg.table_options(alpha)))
@@ -317,7 +374,8 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
             int(acc.resid_norms.numel())),
         "pass_tokens_per_s": contexts.n_tokens / max(timings["pass"], 1e-9),
         "runtime": {"device": cfg.device, "batch_size": cfg.batch_size,
-                    "trust_remote_code": cfg.trust_remote_code},
+                    "shard_contexts": cfg.shard_contexts,
+                    "trust_remote_code": cfg.trust_remote_code, **cfg.describe()},
     }
     manifest = run.read_manifest()
     extra: dict[str, Any] = {"residual_norm": r, "sigma_fin": acc.sigma_fin()}
@@ -326,6 +384,7 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
     record = run.complete_stage(STAGE, outputs=outputs, timings=timings, results=results,
                                 extra=extra)["stages"][STAGE]
     checkpoint.discard(ckpt_dir)
+    distributed.discard(shard_dir)
     return _result_from_record(run, record, skipped=False)
 
 
@@ -347,15 +406,12 @@ def stats_contexts(cfg: StatsConfig, corpus, model: HookedModel) -> tuple[Contex
     return ctx, info
 
 
-def _pass(cfg: StatsConfig, model: HookedModel, loaded: LoadedSAE, contexts: Contexts,
-          hp: HookPoint, progress: bool, resumed: tuple[StatsAccumulator, int] | None,
-          after_batch: Callable[[int, StatsAccumulator], None]) -> StatsAccumulator:
-    into, start = resumed if resumed is not None else (None, 0)
-    kwargs = dict(options=cfg.options(), batch_size=cfg.batch_size,
-                  final_norm_contexts=cfg.final_norm_contexts, into=into, start=start,
-                  after_batch=after_batch)
-    if not progress:
-        return collect_stats(model, loaded, contexts, hp, **kwargs)  # type: ignore[arg-type]
+@contextlib.contextmanager
+def _bar(enabled: bool, total: int, completed: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar over the pass's tokens (rate and ETA) -> its advance, or nothing."""
+    if not enabled:
+        yield lambda _n: None
+        return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -370,10 +426,8 @@ def _pass(cfg: StatsConfig, model: HookedModel, loaded: LoadedSAE, contexts: Con
                TextColumn("tokens"), _RateColumn(), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("stats", total=contexts.n_tokens,
-                            completed=int(contexts.token_ids[:start].size))
-        return collect_stats(model, loaded, contexts, hp, **kwargs,  # type: ignore[arg-type]
-                             progress=lambda n: bar.advance(task, n))
+        task = bar.add_task("stats", total=total, completed=completed)
+        yield lambda n: bar.advance(task, n)
 
 
 class _RateColumn(ProgressColumn):
@@ -489,20 +543,6 @@ def describe_sae(loaded: LoadedSAE) -> dict[str, Any]:
         "k": getattr(cfg, "k", None),
         "input": {"centre": loaded.input.centre, "prepend_bos": loaded.input.prepend_bos},
     }
-
-
-def model_sha256(model: HookedModel) -> str:
-    """sha256 of the model's parameters and buffers (name, dtype, shape, bytes, in name order).
-
-    Streams one tensor at a time (~1 s for SmolLM2-135M in float32)."""
-    h = hashlib.sha256()
-    state = model.model.state_dict()
-    for name in sorted(state):
-        t = state[name].detach()
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        if t.numel():
-            h.update(memoryview(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
 
 
 def _result_from_record(run: RunDir, record: dict[str, Any], *, skipped: bool) -> StatsResult:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from steerscreen.exact import matmul, total
+
 N_TARGETS = 8  # |T_f|: downstream features counted as the intended effect
 N_OUT = 20  # collateral_out: entries of mean_c d_c counted as the main effect
 N_TARGET_TOKENS = 10  # target_gain: top direct-logit tokens
@@ -324,8 +326,8 @@ def _stability(gram: torch.Tensor) -> torch.Tensor:
 
 
 def _log_pr(w: torch.Tensor) -> torch.Tensor:
-    s2 = w.square().sum()
-    return torch.where(s2 > 0, torch.log(w.sum().square() / s2.clamp_min(1e-300)),
+    s2 = total(w.square())
+    return torch.where(s2 > 0, torch.log(total(w).square() / s2.clamp_min(1e-300)),
                        torch.full_like(s2, math.nan))
 
 
@@ -389,9 +391,9 @@ def _direction_values(parts: list[RowSums], positions_per_row: int, n_out: int,
 
     d, e = cat("d_nV"), cat("e_nV")  # [C, V]
     n_pos = d.shape[0] * positions_per_row
-    gram = d @ d.T
+    gram = matmul(d, d.T)  # thread-count free (steerscreen.exact), as the sums below
     m2 = d.mean(0).square()
-    tot = m2.sum()
+    tot = total(m2)
     top = torch.topk(m2, min(n_out, m2.numel())).values.sum()
     w = cat("w_nG").sum(0)
     n_spread, w_all = cat("n_spread_n").sum(), cat("w_all_n").sum()
@@ -402,7 +404,7 @@ def _direction_values(parts: list[RowSums], positions_per_row: int, n_out: int,
         "collateral_out": torch.where(tot > 0, 1.0 - top / tot, nan),
         "effect_kl": cat("kl_n").sum() / n_pos,
         "target_gain": cat("target_n").sum() / (n_pos * n_target_tokens),
-        "effect_stability_logit": _stability(e @ e.T),
+        "effect_stability_logit": _stability(matmul(e, e.T)),
         "collateral_spread_union": _log_pr(w),
         "collateral_mass": torch.where(w_all > 0, cat("w_out_n").sum() / w_all, nan),
         "n_recruited": cat("recruited_n").sum() / n_pos,

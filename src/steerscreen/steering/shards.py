@@ -21,18 +21,43 @@ the folder and drops the shard record (``RunDir.complete_stage``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 
 from steerscreen.errors import ArtifactError
 from steerscreen.files import atomic_path, sha256_file
+from steerscreen.steering.engine import CleanCache, SteeringEngine
 from steerscreen.steering.outcomes import OUTCOME_COLUMNS
 
 _KEY = ["feature", "strength_index", "context_set"]
+
+
+def shard_rows(engine: SteeringEngine, cache: CleanCache, context_set: str,
+               dirs_KD: torch.Tensor, ids: np.ndarray, strength: float, strength_index: int,
+               alpha: float, per_shard: int, advance: Callable[[int], None] | None = None
+               ) -> Iterator[list[dict[str, Any]]]:
+    """Steer ``dirs_KD`` (feature ids ``ids``; random directions < 0) on ``cache``'s contexts
+    (the set ``context_set``) -> the outcome rows, ``per_shard`` directions per yielded list
+    (a shard's rows)."""
+    rows: list[dict[str, Any]] = []
+    for k, out in engine.run(cache, dirs_KD, alpha, progress=advance):
+        d = int(ids[k])
+        rows.append({"feature": d, "direction": "feature" if d >= 0 else "random",
+                     "strength": float(strength), "strength_index": strength_index,
+                     "alpha": float(alpha), "context_set": context_set,
+                     "n_contexts": cache.n_contexts, **out.values,
+                     "downstream_targets": out.targets.astype(np.int64).tolist(),
+                     "gram": out.gram.reshape(-1).tolist()})
+        if len(rows) >= per_shard:
+            yield rows
+            rows = []
+    if rows:
+        yield rows
 
 
 def write_shard(shard_dir: Path, rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:

@@ -10,7 +10,8 @@
 3. fixes the dose: explicit ``strengths``, or calibrated (:mod:`.dose`) so that random
    directions cost ``target_kl`` nats on the calibration contexts;
 4. steers every direction on both context sets at every strength with :class:`SteeringEngine`,
-   writing finished directions to shards (``steering_shards/``) as they complete;
+   writing finished directions to shards (``steering_shards/``) as they complete (with
+   ``backend="ray"``, one Ray task per shard: :mod:`.distributed`, the same rows bit for bit);
 5. gathers the shards into ``steering_outcomes.parquet`` and ``steering_gram.parquet``.
 
 At the (first) dose it also writes ``feature_dose_stats.parquet`` for every feature of S:
@@ -27,6 +28,7 @@ exactly as the finished ones did: the outcomes equal an uninterrupted run's bit 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -41,7 +43,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from steerscreen import preflight
+from steerscreen import cluster, preflight
+from steerscreen.cluster import CLUSTER_FIELDS, ClusterOptions
 from steerscreen.corpus import Contexts, load_corpus
 from steerscreen.errors import SpecError, SteerscreenError, check_seed
 from steerscreen.files import sha256_json
@@ -52,9 +55,9 @@ from steerscreen.saes.pairing import validate_pairing
 from steerscreen.stats.geometry import unit_rows
 from steerscreen.stats.logits import logit_columns
 from steerscreen.stats.stage import StatsConfig, describe_sae, model_sha256, stats_contexts
-from steerscreen.steering import shards
+from steerscreen.steering import distributed, shards
 from steerscreen.steering.dose import Calibration, calibrate
-from steerscreen.steering.engine import CleanCache, SteeringEngine
+from steerscreen.steering.engine import SteeringEngine
 from steerscreen.steering.outcomes import N_OUT, N_TARGET_TOKENS, N_TARGETS
 from steerscreen.steering.passthrough import passthrough_pr, split_encoder
 from steerscreen.steering.sampling import (
@@ -68,12 +71,14 @@ STAGE = "steer"
 SHARDS = "steering_shards"
 DOSE_STATS = "feature_dose_stats.parquet"
 SETS = ("steering", "fresh")
-_RUNTIME_FIELDS = ("batch_rows", "device", "shard_directions", "trust_remote_code")
+_RUNTIME_FIELDS = ("batch_rows", "device", "shard_directions", "trust_remote_code",
+                   *CLUSTER_FIELDS)
 
 
 @dataclass
-class SteerConfig:
-    """Everything that defines a steer stage; the CLI's options mirror these fields."""
+class SteerConfig(ClusterOptions):
+    """Everything that defines a steer stage; the CLI's options mirror these fields (where it
+    runs: :class:`~steerscreen.cluster.ClusterOptions`)."""
 
     downstream_sae: str
     """S': the SAE at the downstream hook (same spec forms as --sae)."""
@@ -121,6 +126,7 @@ class SteerConfig:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        self.check_cluster()
         for name in ("contexts", "context_len", "random_directions", "n_targets", "n_out",
                      "n_target_tokens", "shard_directions", "calibration_directions",
                      "pass_positions"):
@@ -186,7 +192,18 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
     and SAE specs and ``cfg.downstream_sae`` (tests, notebooks). ``calibrations``: a dict shared
     between runs; the dose calibration depends only on the model, hook, residual norm and
     calibration contexts and directions (not on the SAE), so runs that share those reuse it.
-    ``resume``: fail unless ``run_dir`` already records a steer stage (``--resume``)."""
+    ``resume``: fail unless ``run_dir`` already records a steer stage (``--resume``). With
+    ``backend="ray"`` the workers load the recorded model and ``cfg.downstream_sae`` by spec."""
+    with contextlib.ExitStack() as hold:
+        return _run_steer(cfg, run_dir, force, model=model, sae=sae, down=down,
+                          progress=progress, calibrations=calibrations, resume=resume, log=log,
+                          hold=hold)
+
+
+def _run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool, *,
+               model: HookedModel | None, sae: LoadedSAE | None, down: LoadedSAE | None,
+               progress: bool, calibrations: dict[str, Calibration] | None, resume: bool,
+               log: Callable[[str], None] | None, hold: contextlib.ExitStack) -> SteerResult:
     say = log or (lambda _m: None)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -198,6 +215,8 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
     n_features = (stats.get("results") or {}).get("n_features")
     preflight.check_steer(cfg, stats, int(n_features) if n_features is not None else
                           run.read_table(RunDir.FEATURE_STATS).height, model=model, down=down)
+    if cfg.backend == "ray":  # Ray up and able to run a task before anything heavy loads
+        hold.enter_context(cluster.session(cfg, cfg.device, "steer"))
     sc = stats["config"]
     t = time.perf_counter()
     corpus = load_corpus(sc["corpus"])
@@ -286,30 +305,35 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
         recorded[name] = info
         run.update_stage(STAGE, shards=recorded)
 
-    computed, rows_per_forward = 0, None
     sizes: dict[str, int] = dict((run.stage(STAGE) or {}).get("batch_rows") or {})
+
+    def record_rows(name: str, rows: int) -> None:
+        if sizes.get(name) != rows:
+            if name in sizes:
+                say(f"{name}: {rows} rows per forward instead of the recorded {sizes[name]} "
+                    "(--batch-rows): resumed outcomes may differ from the finished shards' in "
+                    "the last bits")
+            sizes[name] = rows
+            run.update_stage(STAGE, batch_rows=sizes)
+
+    # The recorded size unless the user set one: free memory may differ after a restart.
+    batch_rows = {name: cfg.batch_rows or sizes.get(name) for name in sets}
     t = time.perf_counter()
     with _bar(progress, n_rows) as advance:
-        for name in SETS:
-            if name not in sets or not any(todo[(name, si)] for si in range(len(strengths))):
-                continue
-            # The recorded size unless the user set one: free memory may differ after a restart.
-            cache = engine.clean(sets[name].token_ids,
-                                 batch_rows=cfg.batch_rows or sizes.get(name))
-            rows_per_forward = cache.batch_rows
-            if sizes.get(name) != cache.batch_rows:
-                if name in sizes:
-                    say(f"{name}: {cache.batch_rows} rows per forward instead of the recorded "
-                        f"{sizes[name]} (--batch-rows): resumed outcomes may differ from the "
-                        "finished shards' in the last bits")
-                sizes[name] = cache.batch_rows
-                run.update_stage(STAGE, batch_rows=sizes)
-            for si, s in enumerate(strengths):
-                idx = todo[(name, si)]
-                if idx:
-                    computed += _steer_set(engine, cache, dirs[idx], ids[idx], s, s * r, si,
-                                           name, save_shard, cfg.shard_directions, advance)
-            del cache
+        if cfg.backend == "ray":
+            setup = distributed.Setup(
+                model=sc["model"], dtype=sc.get("dtype", "float32"), device=cfg.device,
+                trust_remote_code=cfg.trust_remote_code, hook=hp.name,
+                down_sae=cfg.downstream_sae, down_hook=dhp.name,
+                model_sha256=inputs["model_sha256"], down_sha256=down.sha256,
+                n_targets=cfg.n_targets, n_out=cfg.n_out, n_target_tokens=cfg.n_target_tokens,
+                task_cpus=cfg.task_cpus)
+            computed = distributed.ray_steer(cfg, setup, sets, todo, dirs, ids, strengths, r,
+                                             cfg.shard_directions, batch_rows, record_rows,
+                                             save_shard, advance)
+        else:
+            computed = _steer_local(cfg, engine, sets, todo, dirs, ids, strengths, r,
+                                    batch_rows, record_rows, save_shard, advance)
     timings["steer"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -324,7 +348,7 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
     results = {"n_features": len(feats), "n_random": cfg.random_directions,
                "features": feats.tolist(), "strengths": strengths, "alpha": alphas,
                "residual_norm": r, "n_rows": outcomes.height, "computed": computed,
-               "rows_per_forward": rows_per_forward,
+               "rows_per_forward": sizes, "runtime": cfg.describe(),
                "calibration": _cal_record(cal), "dose_stats": dose_info}
     record = run.complete_stage(STAGE, outputs=outputs, timings=timings, results=results, extra={
         "dose_mode": "calibrated" if cal is not None else "fixed", "strengths": strengths,
@@ -428,26 +452,29 @@ def _cal_record(cal: Calibration | None) -> dict[str, Any] | None:
                                                                      cal.evaluations]}
 
 
-def _steer_set(engine: SteeringEngine, cache: CleanCache, dirs: torch.Tensor, ids: np.ndarray,
-               strength: float, alpha: float, si: int, name: str,
-               save: Callable[[list[dict[str, Any]]], None], per_shard: int,
-               advance: Callable[[int], None]) -> int:
-    rows: list[dict[str, Any]] = []
-    n = 0
-    for k, out in engine.run(cache, dirs, alpha, progress=advance):
-        d = int(ids[k])
-        rows.append({"feature": d, "direction": "feature" if d >= 0 else "random",
-                     "strength": float(strength), "strength_index": si, "alpha": float(alpha),
-                     "context_set": name, "n_contexts": cache.n_contexts, **out.values,
-                     "downstream_targets": out.targets.astype(np.int64).tolist(),
-                     "gram": out.gram.reshape(-1).tolist()})
-        n += 1
-        if len(rows) >= per_shard:
-            save(rows)
-            rows = []
-    if rows:
-        save(rows)
-    return n
+def _steer_local(cfg: SteerConfig, engine: SteeringEngine, sets: dict[str, Contexts],
+                 todo: dict[tuple[str, int], list[int]], dirs: torch.Tensor, ids: np.ndarray,
+                 strengths: list[float], r: float, batch_rows: dict[str, int | None],
+                 record_rows: Callable[[str, int], None],
+                 save: Callable[[list[dict[str, Any]]], None],
+                 advance: Callable[[int], None]) -> int:
+    """Steer every ``todo`` direction in this process, set by set -> directions computed."""
+    computed = 0
+    for name in SETS:
+        if name not in sets or not any(todo[(name, si)] for si in range(len(strengths))):
+            continue
+        cache = engine.clean(sets[name].token_ids, batch_rows=batch_rows[name])
+        record_rows(name, cache.batch_rows)
+        for si, s in enumerate(strengths):
+            idx = todo[(name, si)]
+            if not idx:
+                continue
+            for rows in shards.shard_rows(engine, cache, name, dirs[idx], ids[idx], s, si,
+                                          s * r, cfg.shard_directions, advance):
+                save(rows)
+                computed += len(rows)
+        del cache
+    return computed
 
 
 def contexts_frame(sets: dict[str, Contexts]) -> pl.DataFrame:

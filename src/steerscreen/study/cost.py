@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from steerscreen.errors import SpecError
 from steerscreen.models.hooks import HookPoint
 from steerscreen.stats.accumulators import StatsOptions
-from steerscreen.steering.engine import aligned_rows
+from steerscreen.steering.engine import aligned_rows, cache_bytes
 from steerscreen.study.config import StudyConfig
 from steerscreen.study.plan import format_duration
 from steerscreen.study.sizes import KNOWN_MODELS, ModelDims, model_dims, sae_width
@@ -39,7 +39,7 @@ VOCAB_PASSES, DOWN_PASSES, ACC_PASSES, LOGIT_TABLE_PASSES, PASS_PASSES = 9, 6, 8
 CALIBRATION_EVALUATIONS = 4  # the dose bisection typically ends in 3-5 (at most 16)
 LOAD_BYTES_PER_S = 2e9  # assumed: model weights from a local disk / page cache
 LOAD_FIXED_S = 10.0  # assumed: imports, tokenizer, CUDA context
-MERGE_BYTES_PER_S = 1e9  # assumed: accumulator shards shipped to one worker and merged
+MERGE_BYTES_PER_S = 1e9  # assumed: accumulator shards shipped to the driver and merged
 STATS_TOKEN_OVERHEAD = 1.13  # measured on CPU: the stats pass vs forward + encode (benchmarks)
 
 
@@ -225,7 +225,7 @@ class StageCost:
     units: int  # shards the parallel part splits into (0: it does not split)
     memory_bytes: float  # device memory per worker
     load_bytes: float = 0.0  # weights a worker loads before it starts
-    merge_bytes: float = 0.0  # state each extra worker ships to the merge
+    merge_bytes: float = 0.0  # state each shard ships to the driver's merge (split runs only)
     host_s: float = 0.0  # CPU-only time (fit, report), not on the GPU
     note: str = ""
 
@@ -317,7 +317,8 @@ def time_stage(c: StageCost, dev: Device, dtype: str, workers: int) -> StageTime
     par, rep, ser = (seconds(w, dev, dtype) for w in (c.parallel, c.per_worker, c.serial))
     n = min(workers, c.units) if c.units else 1
     rounds = math.ceil(c.units / n) / c.units if c.units else 1.0
-    merge = c.merge_bytes * (n - 1) / MERGE_BYTES_PER_S
+    # Split over Ray, every shard's state travels to the driver, which merges them in order.
+    merge = c.merge_bytes * c.units / MERGE_BYTES_PER_S if n > 1 else 0.0
     wall = load + rep + par * rounds + ser + merge + c.host_s
     gpu = (n * (load + rep) + par + ser + merge) if (c.load_bytes or c.work.flops) else 0.0
     return StageTime(c, gpu, wall)
@@ -372,7 +373,7 @@ def plan_cost(cfg: StudyConfig, device: str = "h100", workers: int = 1) -> CostP
                      + 2 * (t_sr - 1) * g)
     widths = [sae_width(e, dims.d_model)[0] for e in cfg.saes]
     fixed = wbytes + unembed32 + sae_bytes(max(widths)) + sae_bytes(g)
-    cache = 4.0 * (c + cf) * t_sr * (2 * dims.vocab + 2 * dims.d_model + g)
+    cache = float(cache_bytes(c + cf, t_sr, dims.vocab, dims.d_model, g))  # the engine's own
     b = sr["batch_rows"] or max(1, min(b_cap, int(0.5 * (dev.memory_gib * GiB - fixed - cache)
                                                   // per_row)))
     b = aligned_rows(b, c)
@@ -402,10 +403,11 @@ def plan_cost(cfg: StudyConfig, device: str = "h100", workers: int = 1) -> CostP
         mem = (wbytes + unembed32 + sae_bytes(f) + acc
                + 4.0 * st["batch_size"] * t_st * (2 * f + 4 * dims.d_model)
                + 2 * 4.0 * 512 * dims.vocab)
-        stages.append(StageCost("stats", e.name, par, Work(), ser,
-                                math.ceil(n_ctx / st["batch_size"]), mem,
+        shards = math.ceil(n_ctx / st["shard_contexts"])
+        stages.append(StageCost("stats", e.name, par, Work(), ser, shards, mem,
                                 wbytes + sae_bytes(f), acc,
-                                note=f"accumulators {acc / GiB:.1f} GiB"))
+                                note=f"state {acc / GiB:.1f} GiB, {shards} shard"
+                                     + ("s" if shards > 1 else "")))
 
         rows = math.ceil(k * c / b) * b + (math.ceil(k * cf / b) * b if cf else 0)
         par = (_steered(dims, above, t_sr, g, rows * n_str)

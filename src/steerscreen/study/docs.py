@@ -78,15 +78,19 @@ the same s (recorded in each run's manifest).
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal right after a field) of a dataclass."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    """Attribute docstrings (the string literal right after a field) of a dataclass and of the
+    dataclasses it inherits fields from (``ClusterOptions``)."""
     docs: dict[str, str] = {}
-    for a, b in itertools.pairwise(body):
-        if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
-                and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
-                and isinstance(b.value.value, str)):
-            docs[a.target.id] = " ".join(b.value.value.split()).replace("|", "\\|")
+    for klass in reversed(cls.__mro__):
+        if klass is object or "__dataclass_fields__" not in vars(klass):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for a, b in itertools.pairwise(body):
+            if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
+                    and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+                    and isinstance(b.value.value, str)):
+                docs[a.target.id] = " ".join(b.value.value.split()).replace("|", "\\|")
     return docs
 
 
@@ -170,7 +174,9 @@ def markdown() -> str:
         out.append(f"\n## `[{section}]`\n\nThe fields of `{cls.__module__}.{cls.__name__}` "
                    f"(the `steerscreen {_COMMAND[section]}` options). The study sets {owned} "
                    "itself.\n\n| field | type | default | meaning |\n|---|---|---|---|")
-        for f in dataclasses.fields(cls):
+        # The stage's own fields first, then the ones it inherits (where it runs: --backend).
+        own = [f for f in dataclasses.fields(cls) if not f.kw_only]
+        for f in own + [f for f in dataclasses.fields(cls) if f.kw_only]:
             if f.name in OWNED[section]:
                 continue
             default = _fmt(_default(f))

@@ -1,0 +1,216 @@
+"""Where a stage's shards run: in this process (``local``, the default) or as Ray tasks (``ray``).
+
+The two heavy stages are cut into shards whose results do not depend on where they ran: the
+stats pass into runs of contexts whose accumulator states merge exactly (in shard order), the
+steer stage into runs of directions whose outcome rows are computed independently. With
+``--backend ray`` each shard is one Ray task; the driver (the process you started) keeps the run
+folder: it writes and records every finished shard as it arrives, so
+
+- a task whose worker dies (killed, out of memory, node lost) is retried by Ray up to
+  ``max_retries`` times: its shard is redone, no finished shard is;
+- a driver that dies loses nothing recorded: rerunning the command resumes with the shards
+  still missing.
+
+This module owns the Ray side only: the options every stage shares (:class:`ClusterOptions`,
+mixed into the stage configs, so they are also the CLI's options), connecting to or starting a
+cluster, running tasks with resources and retries, turning failures into actionable errors,
+and a per-process cache so a worker loads the model once for all the tasks it runs. Ray is an
+optional extra (``pip install 'steerscreen[ray]'``) and is imported only when asked for.
+
+On a cluster every worker must be able to load the run's model and SAEs by the same specs (the
+same paths on every node, or hub specs); each task checks the sha256 of what it loaded against
+the driver's, so a different file on some node is an error, never a silently mixed result. The
+driver loads the model too (tokenising, hashing, and the steer stage's dose calibration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steerscreen.errors import SpecError, SteerscreenError
+
+BACKENDS = ("local", "ray")
+CLUSTER_FIELDS = ("backend", "address", "workers", "task_cpus", "task_gpus", "max_retries")
+"""ClusterOptions' fields: where a stage runs, never what it computes (not in its record)."""
+RAY_EXTRA = "pip install 'steerscreen[ray]'"
+
+
+@dataclass(kw_only=True)
+class ClusterOptions:
+    """Where a stage's shards run; mixed into ``StatsConfig`` and ``SteerConfig``."""
+
+    backend: str = "local"
+    """local (this process) or ray (one Ray task per shard; needs steerscreen[ray])."""
+    address: str | None = None
+    """Ray cluster to join: auto, HOST:PORT or ray://HOST:10001; None starts a local Ray
+    instance for this run (stopped at the end)."""
+    workers: int | None = None
+    """CPUs of the local Ray instance (None: all of this machine's); not with address."""
+    task_cpus: float = 1.0
+    """CPUs per Ray task (also its torch threads)."""
+    task_gpus: float | None = None
+    """GPUs per Ray task (None: 1 with --device cuda, else 0)."""
+    max_retries: int = 3
+    """Times Ray reruns a task whose worker died before it gives up."""
+
+    def check_cluster(self) -> None:
+        """Range checks (called by the stage configs' ``__post_init__``)."""
+        if self.backend not in BACKENDS:
+            raise SpecError(f"unknown backend {self.backend!r}",
+                            "pass --backend local (this process) or --backend ray")
+        if self.workers is not None and self.workers < 1:
+            raise SpecError(f"workers must be >= 1, got {self.workers}", "pass --workers 2")
+        if not (math.isfinite(self.task_cpus) and self.task_cpus > 0):
+            raise SpecError(f"task_cpus must be > 0, got {self.task_cpus}",
+                            "pass --task-cpus 1")
+        if self.task_gpus is not None and not (math.isfinite(self.task_gpus)
+                                                and self.task_gpus >= 0):
+            raise SpecError(f"task_gpus must be >= 0, got {self.task_gpus}",
+                            "pass --task-gpus 1 (or 0.5 to share a GPU between two tasks)")
+        if self.max_retries < 0:
+            raise SpecError(f"max_retries must be >= 0, got {self.max_retries}",
+                            "pass --max-retries 3")
+        if self.backend == "local" and (self.address is not None or self.workers is not None):
+            raise SpecError("--address and --workers are Ray options",
+                            "add --backend ray, or drop them")
+        if self.address is not None and self.workers is not None:
+            raise SpecError("--workers sizes a local Ray instance, but --address joins a "
+                            "cluster whose size is its own",
+                            "drop --workers (or --address to start a local instance)")
+
+    def resources(self, device: str) -> dict[str, float]:
+        gpus = self.task_gpus if self.task_gpus is not None else (
+            1.0 if str(device).startswith("cuda") else 0.0)
+        return {"num_cpus": float(self.task_cpus), "num_gpus": float(gpus)}
+
+    def describe(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in CLUSTER_FIELDS}
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or an error that says how to install it."""
+    try:
+        import ray
+    except ImportError as e:
+        raise SteerscreenError(f"--backend ray needs Ray, which is not installed ({e})",
+                               f"{RAY_EXTRA}, or run with --backend local") from None
+    return ray
+
+
+@contextlib.contextmanager
+def connected(opts: ClusterOptions) -> Iterator[Any]:
+    """Ray, initialised: joined to ``opts.address``, or a local instance started for this
+    block (and stopped after it). A session this process already opened is reused as is."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    # Workers' output (progress bars of every model load) stays in Ray's logs; their errors
+    # come back as exceptions.
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
+                              "log_to_driver": False}
+    if opts.address is None:
+        kwargs["num_cpus"] = opts.workers
+    try:
+        ray.init(address=opts.address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = opts.address or "a local Ray instance"
+        raise SteerscreenError(f"could not start or join {where}: {e}",
+                               "check --address (e.g. `ray start --head` prints it), or drop "
+                               "it to start a local instance") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def session(opts: ClusterOptions, device: str, what: str) -> Iterator[Any]:
+    """:func:`connected`, checked: Ray is installed and reachable and the cluster has the CPUs
+    and GPUs one ``what`` task asks for. A stage opens it before it loads anything, so a bad
+    setting fails in seconds, and every call of :func:`run_tasks` inside reuses it."""
+    with connected(opts) as ray:
+        res, total = opts.resources(device), ray.cluster_resources()
+        for key, need in (("CPU", res["num_cpus"]), ("GPU", res["num_gpus"])):
+            if need > total.get(key, 0.0):
+                raise SteerscreenError(
+                    f"each {what} task needs {need:g} {key}(s) but the Ray cluster has "
+                    f"{total.get(key, 0.0):g}",
+                    "lower --task-cpus / --task-gpus, or add nodes with them")
+        yield ray
+
+
+def run_tasks(opts: ClusterOptions, device: str, fn: Callable[[Any], Any],
+              payloads: Sequence[Any], on_result: Callable[[int, Any], None], *,
+              what: str) -> None:
+    """Run ``fn(payload)`` for every payload as Ray tasks; ``on_result(i, value)`` is called in
+    this process as each finishes (in completion order).
+
+    Each task gets ``opts.resources(device)`` and ``max_retries`` reruns when its worker dies;
+    an exception raised by ``fn`` itself is not retried (it would fail again) and is raised
+    here: a :class:`SteerscreenError` as it is, anything else wrapped with the shard named.
+    On an error or Ctrl-C the tasks still running are cancelled.
+    """
+    with session(opts, device, what) as ray:
+        remote = ray.remote(fn).options(**opts.resources(device),
+                                        max_retries=opts.max_retries, retry_exceptions=False,
+                                        name=f"steerscreen-{what}")
+        index = {remote.remote(p): i for i, p in enumerate(payloads)}
+        pending = list(index)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    on_result(index[ref], _get(ray, ref, what, index[ref]))
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
+
+def _get(ray: Any, ref: Any, what: str, i: int) -> Any:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)  # the exception the task raised
+        if isinstance(cause, SteerscreenError):  # a user error found on the worker, as it is
+            raise SteerscreenError(cause.what, cause.fix) from None
+        raise SteerscreenError(f"{what} shard {i} failed on a Ray worker: {e}",
+                               "fix the cause shown above and rerun: finished shards are "
+                               "kept") from None
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+            ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError) as e:
+        raise SteerscreenError(f"{what} shard {i}: its worker died more than --max-retries "
+                               f"times ({type(e).__name__})",
+                               "check the workers' memory (--task-cpus / --task-gpus reserve "
+                               "more per task) and rerun: finished shards are kept") from None
+
+
+_CACHE: dict[Any, Any] = {}
+
+
+def worker_cached(key: Any, load: Callable[[], Any]) -> Any:
+    """``load()`` once per process and key: a Ray worker process runs many tasks, and loads the
+    model and SAEs for the first only. One entry is kept (a new key drops the old one)."""
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load()
+    return _CACHE[key]
+
+
+def task_threads(task_cpus: float) -> None:
+    """Give a task's torch the CPUs it reserved (Ray sets OMP_NUM_THREADS only at start)."""
+    import torch
+
+    n = max(1, int(task_cpus))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+__all__ = ["BACKENDS", "CLUSTER_FIELDS", "RAY_EXTRA", "ClusterOptions", "connected",
+           "import_ray", "run_tasks", "session", "task_threads", "worker_cached"]
