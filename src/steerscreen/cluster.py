@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,8 @@ def connected(opts: ClusterOptions) -> Iterator[Any]:
                               "log_to_driver": False}
     if opts.address is None:
         kwargs["num_cpus"] = opts.workers
+    else:
+        _check_reachable(opts.address)
     try:
         ray.init(address=opts.address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -127,6 +130,22 @@ def connected(opts: ClusterOptions) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once when nothing listens at a HOST:PORT address: Ray itself keeps retrying
+    an unreachable one for minutes. ``auto`` (and an address without a port) is left to Ray,
+    which fails fast when it finds no cluster."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SteerscreenError(f"could not start or join {address}: nothing answers there "
+                               f"({e})",
+                               "check --address (e.g. `ray start --head` prints it), or drop "
+                               "it to start a local instance") from None
 
 
 @contextlib.contextmanager

@@ -175,3 +175,18 @@ def test_direction_outcomes_do_not_depend_on_the_thread_count() -> None:
         assert out[1] == out[2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_address_where_nothing_listens_fails_at_once() -> None:
+    import time
+
+    from steerscreen.cluster import ClusterOptions, connected
+    from steerscreen.errors import SteerscreenError
+
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    t = time.monotonic()
+    with pytest.raises(SteerscreenError, match="nothing answers there"), connected(
+            ClusterOptions(backend="ray", address="127.0.0.1:1")):
+        pass
+    assert time.monotonic() - t < 10  # Ray itself retries for minutes
