@@ -75,15 +75,14 @@ def steer_shard(task: SteerTask) -> list[dict[str, Any]]:
     key = (task.context_set, hashlib.sha256(task.token_ids.tobytes()).hexdigest(),
            task.batch_rows)
     if worker["cache_key"] != key:  # one clean pass per set and worker, not per task
-        worker["cache"] = None  # free the last set's before computing the next
+        worker["cache"], worker["cache_key"] = None, None  # free the last set's first
         worker["cache"] = worker["engine"].clean(np.array(task.token_ids),  # Ray's: read-only
                                                  batch_rows=task.batch_rows)
         worker["cache_key"] = key
-    out = [row for rows in shards.shard_rows(
+    return [row for rows in shards.shard_rows(
         worker["engine"], worker["cache"], task.context_set, torch.tensor(task.dirs),
         np.array(task.ids), task.strength, task.strength_index, task.alpha, task.per_shard)
         for row in rows]
-    return out
 
 
 def probe_rows(setup: Setup, sizes: list[tuple[int, int]]) -> list[int]:
