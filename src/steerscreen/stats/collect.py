@@ -82,7 +82,7 @@ def collect_stats(model: HookedModel, loaded: LoadedSAE, contexts: Contexts,
     acc = into if into is not None else StatsAccumulator(
         loaded.d_sae, loaded.d_in, options, device=loaded.sae.W_enc.device)
     n = len(contexts) if stop is None else min(int(stop), len(contexts))
-    shard = int(shard_contexts) if shard_contexts else max(n, 1)
+    shard = int(shard_contexts) if shard_contexts else max(len(contexts), 1)
     ids_all = torch.as_tensor(contexts.token_ids)
     i0 = start
     while i0 < n:
