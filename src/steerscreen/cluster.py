@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -222,13 +221,13 @@ def worker_cached(key: Any, load: Callable[[], Any]) -> Any:
 
 
 def task_threads(task_cpus: float) -> None:
-    """Give a task's torch the CPUs it reserved (Ray sets OMP_NUM_THREADS only at start)."""
+    """Give a task's torch the CPUs it reserved (Ray sets OMP_NUM_THREADS only when it
+    starts a worker, and a worker may run tasks that reserved other counts)."""
     import torch
 
     n = max(1, int(task_cpus))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
 
 
 __all__ = ["BACKENDS", "CLUSTER_FIELDS", "RAY_EXTRA", "ClusterOptions", "connected",

@@ -65,9 +65,10 @@ def write_state(folder: Path, stem: str, acc: StatsAccumulator, key: str,
     return files
 
 
-def read_state(meta_path: Path, key: str, device: torch.device | str
-               ) -> tuple[StatsAccumulator, dict[str, Any], dict[str, str]]:
-    """Read back what :func:`write_state` wrote -> (accumulator, its JSON, {file: sha256}).
+def read_state(meta_path: Path, key: str, device: torch.device | str | None
+               ) -> tuple[StatsAccumulator | None, dict[str, Any], dict[str, str]]:
+    """Read back what :func:`write_state` wrote -> (accumulator, its JSON, {file: sha256});
+    ``device`` None only verifies the files (no accumulator is built: None).
 
     Raises ValueError when the files are foreign (another format or config) or damaged (the
     tensors' hash differs), and OSError / KeyError / TypeError when unreadable."""
@@ -78,14 +79,16 @@ def read_state(meta_path: Path, key: str, device: torch.device | str
     files = {tensors.name: sha256_file(tensors), meta_path.name: sha256_file(meta_path)}
     if files[tensors.name] != meta["tensors_sha256"]:
         raise ValueError("it is damaged (its tensors' hash differs from the one it records)")
+    if device is None:
+        return None, meta, files
     acc = StatsAccumulator.from_state_dict({**meta["state"], **load_file(tensors)},
                                            device=device)
     return acc, meta, files
 
 
-def try_read_state(meta_path: Path, key: str, device: torch.device | str,
+def try_read_state(meta_path: Path, key: str, device: torch.device | str | None,
                    say: Callable[[str], None], what: str, outcome: str
-                   ) -> tuple[StatsAccumulator, dict[str, Any], dict[str, str]] | None:
+                   ) -> tuple[StatsAccumulator | None, dict[str, Any], dict[str, str]] | None:
     """:func:`read_state`, or None after saying why the files are ``outcome`` ("not used",
     "redone"); ``what`` names them ("the stats checkpoint")."""
     try:
@@ -118,6 +121,7 @@ def load(folder: Path, key: str, recorded: Mapping[str, Any] | None,
         if got is None:
             continue
         acc, meta, files = got
+        assert acc is not None  # a device was given
         if files != (recorded or {}).get("files"):
             say(f"the stats checkpoint {meta_path.name} was written but not recorded "
                 "(interrupted): verified and adopted")

@@ -122,7 +122,7 @@ def reconcile(folder: Path, key: str, recorded: dict[str, Any] | None,
     if not folder.is_dir():
         return kept
     for meta_path in sorted(folder.glob("shard-*.json")):
-        got = checkpoint.try_read_state(meta_path, key, "cpu", say, "the stats shard", "redone")
+        got = checkpoint.try_read_state(meta_path, key, None, say, "the stats shard", "redone")
         if got is None:
             continue
         _, meta, files = got
@@ -159,7 +159,7 @@ def ray_pass(cfg: Any, run: RunDir, contexts: Contexts, hook: str, inputs: dict[
     todo = [i for i in range(len(bounds)) if i not in done]
     say(f"stats pass on Ray: {len(bounds)} shards of up to {cfg.shard_contexts} contexts"
         + (f" ({len(done)} already done)" if done else ""))
-    merged = _Merge(folder, key)
+    merged = _Merge(folder, key, len(bounds))
 
     def on_result(j: int, state: dict[str, Any]) -> None:
         i = todo[j]
@@ -170,7 +170,7 @@ def ray_pass(cfg: Any, run: RunDir, contexts: Contexts, hook: str, inputs: dict[
         shards[str(i)] = {"start": start, "stop": stop, "files": files}
         run.update_stage("stats", shards=shards)
         progress(int(contexts.token_ids[start:stop].size))
-        merged.add(i, acc, len(bounds))
+        merged.add(i, acc)
 
     tasks = [ShardTask(index=i, start=bounds[i][0],
                        token_ids=np.ascontiguousarray(contexts.token_ids[slice(*bounds[i])],
@@ -181,41 +181,43 @@ def ray_pass(cfg: Any, run: RunDir, contexts: Contexts, hook: str, inputs: dict[
                        options=cfg.options().__dict__.copy(), batch_size=cfg.batch_size,
                        final_norm_contexts=cfg.final_norm_contexts, task_cpus=cfg.task_cpus)
              for i in todo]
-    merged.add(-1, None, len(bounds))  # the recorded shards that lead the pass
+    merged.drain()  # the recorded shards that lead the pass
     if tasks:
         cluster.run_tasks(cfg, cfg.device, stats_shard, tasks, on_result, what="stats")
-    total = merged.finish(len(bounds))
-    return total
+    return merged.finish()
 
 
 class _Merge:
     """The running merge in shard order: shards that arrive early wait on disk."""
 
-    def __init__(self, folder: Path, key: str) -> None:
-        self.folder, self.key = folder, key
+    def __init__(self, folder: Path, key: str, n: int) -> None:
+        self.folder, self.key, self.n = folder, key, n
         self.total: StatsAccumulator | None = None
         self.next = 0
 
-    def add(self, i: int, acc: StatsAccumulator | None, n: int) -> None:
-        if i == self.next and acc is not None:
+    def add(self, i: int, acc: StatsAccumulator) -> None:
+        """Shard ``i`` arrived (already saved): merge it now if it is the next one."""
+        if i == self.next:
             self._take(acc)
-        self._drain(n)
+        self.drain()
 
     def _take(self, acc: StatsAccumulator) -> None:
         self.total = acc if self.total is None else self.total.merge(acc)
         self.next += 1
 
-    def _drain(self, n: int) -> None:
-        while self.next < n and (self.folder / f"{_stem(self.next)}.json").is_file():
+    def drain(self) -> None:
+        """Merge the saved shards that continue the merged prefix."""
+        while self.next < self.n and (self.folder / f"{_stem(self.next)}.json").is_file():
             acc, _, _ = checkpoint.read_state(self.folder / f"{_stem(self.next)}.json",
                                               self.key, "cpu")
+            assert acc is not None
             self._take(acc)
 
-    def finish(self, n: int) -> StatsAccumulator:
-        self._drain(n)
-        if self.next != n or self.total is None:
+    def finish(self) -> StatsAccumulator:
+        self.drain()
+        if self.next != self.n or self.total is None:
             raise ArtifactError(f"the stats shards in {self.folder} are incomplete ({self.next} "
-                                f"of {n} merged)", "rerun the same command to redo them")
+                                f"of {self.n} merged)", "rerun the same command to redo them")
         return self.total
 
 
