@@ -313,17 +313,16 @@ def steer(
 def fit(
     run: Annotated[Path, typer.Option(help="Run folder with complete stats and steer stages.")],
     strength: Annotated[float | None, typer.Option(help="Outcomes at this strength (default: "
-                                                   "the first recorded).")] = None,
+                                                   "the first positive one recorded).")] = None,
     n_splits: Annotated[int, typer.Option(help="K of repeated K-fold CV.")] = 5,
     n_repeats: Annotated[int, typer.Option(help="Repeats of K-fold CV.")] = 5,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples per CI.")] = 1000,
     n_permutations: Annotated[int, typer.Option(help="Outcome permutations for the primary "
                                                 "endpoint's permutation test.")] = 200,
     top_share: Annotated[float, typer.Option(help="Held-out screening: share kept per "
                                              "fold.")] = 0.2,
     conformal_level: Annotated[float, typer.Option(help="Coverage of prediction "
                                                    "intervals.")] = 0.9,
-    seed: Annotated[int, typer.Option(help="Seed for folds, bootstraps, permutations.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for folds, tie-breaks and permutations.")] = 0,
     force: Annotated[bool, typer.Option(help="Recompute over a fit recorded with another "
                                         "config.")] = False,
     resume: Annotated[bool, typer.Option(help=_RESUME_HELP.format(stage="fit",
@@ -331,22 +330,15 @@ def fit(
 ) -> None:
     """Fit and validate predictors against the baselines (METHOD §4) -> RUN/screening/."""
     from steerscreen.screening.analysis import FitConfig
-    from steerscreen.screening.stage import run_fit
+    from steerscreen.screening.stage import fit_lines, run_fit
 
     cfg = FitConfig(strength=strength, n_splits=n_splits, n_repeats=n_repeats,
-                    n_boot=n_boot, n_permutations=n_permutations, top_share=top_share,
+                    n_permutations=n_permutations, top_share=top_share,
                     conformal_level=conformal_level, seed=seed)
     res = run_fit(cfg, run, force=force, resume=resume,
                   log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-    p = res.summary["primary_endpoint"]
-    console.print(
-        f"[bold]fit[/]: primary endpoint ({p['model']}, {p['full']} vs {p['baseline']}, "
-        f"{p['outcome']} on {p['context_set']} contexts): rho {p['rho_full']:.3f} vs "
-        f"{p['rho_baseline']:.3f}, delta {p['delta_rho']:+.3f} [{p['delta_lo']:+.3f}, "
-        f"{p['delta_hi']:+.3f}], p_NB {p['p_nadeau_bengio']:.3g}, p_perm "
-        f"{p['p_permutation']:.3g}")
-    for outcome, verdict in res.summary["verdicts"].items():
-        console.print(f"  {outcome}: {verdict}")
+    for line in fit_lines(res.summary):
+        console.print(escape(line))
     console.print(f"  -> {escape(str(res.folder))}/summary.json")
 
 
@@ -398,12 +390,11 @@ def compare(
     runs: Annotated[list[Path], typer.Argument(help="Two or more run folders (steer done).")],
     out: Annotated[Path | None, typer.Option(help="Folder for transfer.parquet and "
                                              "runs.parquet.")] = None,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples per CI.")] = 1000,
 ) -> None:
     """Transfer: fit on each run, evaluate on every other; all runs side by side."""
     from steerscreen.screening.transfer import compare as run_compare
 
-    transfer, per_run = run_compare(list(runs), n_boot=n_boot)
+    transfer, per_run = run_compare(list(runs))
     table = Table(title="transfer: fit on train, Spearman rho on test features")
     for col in ("train", "test", "outcome", "n", "rho [95% CI]"):
         table.add_column(col)

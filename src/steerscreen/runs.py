@@ -27,7 +27,7 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +41,12 @@ from steerscreen.files import atomic_path, sha256_file, sha256_json, user_path, 
 MANIFEST_FORMAT = "steerscreen-run/1"
 PROGRESS_KEYS = ("shards", "checkpoint")
 """Stage-record keys a running stage keeps its resumable progress under."""
+
+
+def analysed_strength(strengths: Sequence[float]) -> float | None:
+    """The strength a run is analysed at by default: the first positive one recorded (s = 0
+    is the exactness check, where every outcome is 0 or NaN). None when there is none."""
+    return next((float(s) for s in strengths if s > 0), None)
 
 
 def utc_now() -> str:

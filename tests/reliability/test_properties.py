@@ -123,7 +123,7 @@ sae_table = st.dictionaries(st.sampled_from(SAE_KEYS), values, max_size=6) | val
 STAGE_KEYS = {"train": ["tokens", "epochs", "batch_size", "k", "lr", "heldout_tokens"],
               "stats": ["tokens", "context_len", "batch_size", "strength", "reservoir_size"],
               "steer": ["features", "contexts", "strengths", "context_len", "target_kl"],
-              "fit": ["n_splits", "n_repeats", "n_boot", "top_share", "conformal_level"]}
+              "fit": ["n_splits", "n_repeats", "n_permutations", "top_share", "conformal_level"]}
 sections = {k: st.dictionaries(st.sampled_from(v), values, max_size=3) | values
             for k, v in STAGE_KEYS.items()}
 known = {k: values for k in TOP_FIELDS} | sections | {
@@ -149,7 +149,7 @@ def _valid_raw() -> dict:
                      "hook": "blocks.1.hook_resid_post", "roles": ["width"]}],
             "downstream": {"arch": "relu", "width": 16, "hook": "blocks.3.hook_resid_post"},
             "train": {"tokens": 1000}, "stats": {"tokens": 500}, "steer": {"features": 8},
-            "fit": {"n_boot": 50}}
+            "fit": {"n_permutations": 50}}
 
 
 _PLACES = ([(k,) for k in TOP_FIELDS] + [("sae", 0, k) for k in SAE_KEYS]

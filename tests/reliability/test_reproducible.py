@@ -18,7 +18,7 @@ from steerscreen.runs import RunDir
 from tests.reliability.pipeline import Inputs, build_inputs
 
 runner = CliRunner()
-FIT = ["--n-splits", "3", "--n-repeats", "1", "--n-boot", "50", "--n-permutations", "5"]
+FIT = ["--n-splits", "3", "--n-repeats", "1", "--n-permutations", "5"]
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

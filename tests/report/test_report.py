@@ -76,7 +76,7 @@ def reports(fitted, tmp_path_factory) -> dict[str, Any]:  # noqa: F811
     for name in ("a", "b"):
         shutil.copytree(fitted["out"], study / "runs" / name)
     _plant(study / "runs" / "a")
-    transfer, per_run = compare([study / "runs" / "a", study / "runs" / "b"], n_boot=30)
+    transfer, per_run = compare([study / "runs" / "a", study / "runs" / "b"], )
     (study / "comparison").mkdir()
     transfer.write_parquet(study / "comparison" / "transfer.parquet")
     per_run.write_parquet(study / "comparison" / "runs.parquet")

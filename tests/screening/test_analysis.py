@@ -1,5 +1,5 @@
-"""The screening analysis on synthetic data: planted relations are found, noise is not, and
-the intervals cover at about their nominal rate."""
+"""The screening analysis on synthetic data: planted relations are found, noise is not, every
+interval contains its estimate, and the estimators behave as documented."""
 
 from __future__ import annotations
 
@@ -7,20 +7,25 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import RidgeCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
-from steerscreen.screening.analysis import FitConfig, analyse
-from steerscreen.screening.cv import (
+from steerscreen.screening.analysis import FitConfig, analyse, verdict_text
+from steerscreen.screening.inference import (
+    POWER_TARGET,
     benjamini_hochberg,
+    correlation,
+    fold_mean,
     holm,
-    nadeau_bengio,
-    percentile_ci,
-    spearman_boot,
 )
+from steerscreen.screening.models import RIDGE_ALPHAS, RidgeLOO
+from tests.screening.intervals import interval_violations
 from tests.screening.synthetic import synthetic
 
-# Small but real: every step runs, on fewer folds, resamples and permutations.
-FAST = FitConfig(n_splits=4, n_repeats=1, n_boot=200, n_permutations=20, boosting_sets=())
-NO_BOOST = FAST
+# Small but real: every step runs, on fewer folds and permutations.
+FAST = FitConfig(n_splits=4, n_repeats=2, n_permutations=20, boosting_sets=())
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +35,19 @@ def planted():
 
 @pytest.fixture(scope="module")
 def noise():
-    return analyse(synthetic(planted=False, seed=2), NO_BOOST)
+    return analyse(synthetic(planted=False, seed=2), FAST)
+
+
+def _tables(an) -> dict:
+    return {"cv_metrics": an.cv, "comparisons": an.comparisons, "confounds": an.confounds,
+            "heldout": an.heldout}
 
 
 def test_planted_relation_is_recovered_and_beats_the_baselines(planted) -> None:
     p = planted.summary["primary_endpoint"]
     assert p["rho_full"] > 0.5 and p["delta_rho"] > 0.3
     assert p["delta_lo"] > 0 and p["p_nadeau_bengio"] < 0.01 and p["p_permutation"] < 0.05
+    assert p["verdict"].startswith("full beats freq+mag") and p["n"] == 240
     assert planted.summary["verdicts"]["cleanliness"] == (
         "beats baselines and survives residualisation")
     cv = planted.cv.filter((planted.cv["model"] == "ridge")
@@ -47,12 +58,52 @@ def test_planted_relation_is_recovered_and_beats_the_baselines(planted) -> None:
     assert rho["full-geom"] < rho["full"]  # the planted geometry predictor matters
 
 
-def test_planted_predictors_survive_the_confound_control(planted) -> None:
-    c = planted.confounds.filter((planted.confounds["outcome"] == "effect_stability")
-                                 & (planted.confounds["control"] == "freq+mag"))
-    q = dict(zip(c["predictor"].to_list(), c["q_bh"].to_list(), strict=True))
-    assert q["geom_max_cos"] < 0.01 and q["act_cv"] < 0.01
-    assert q["logit_kurtosis"] > 0.05
+def test_every_interval_contains_its_estimate(planted, noise) -> None:
+    for an in (planted, noise):
+        assert interval_violations(_tables(an), an.summary) == []
+
+
+def test_verdicts_state_their_test_and_power(planted) -> None:
+    tests = planted.summary["verdict_tests"]
+    assert len(tests) == 6 and {t["test"] for t in tests} == {"beats baselines",
+                                                               "survives residualisation"}
+    for t in tests:
+        assert t["method"].startswith("Nadeau–Bengio") and t["n"] == 240
+        assert t["p_holm"] >= t["p"] and math.isfinite(t["mde"]) and t["mde"] > 0
+        assert t["passed"] == (t["estimate"] > 0 and t["p_holm"] < 0.05)
+    power = planted.summary["power"]
+    assert power["n"] == 240 and power["target"] == POWER_TARGET
+
+
+def test_pure_noise_makes_no_claim(noise) -> None:
+    p = noise.summary["primary_endpoint"]
+    assert p["delta_lo"] < 0 < p["delta_hi"] and not p["verdict"].startswith("full beats")
+    for outcome, verdict in noise.summary["verdicts"].items():
+        assert "beats" not in verdict and "survives" not in verdict, (outcome, verdict)
+    assert all(not t["passed"] for t in noise.summary["verdict_tests"])
+
+
+def test_a_small_run_says_underpowered_not_neither() -> None:
+    an = analyse(synthetic(n=48, planted=False, seed=3), FAST)
+    p = an.summary["primary_endpoint"]
+    assert p["underpowered"] and p["mde"] > POWER_TARGET
+    assert p["verdict"] == f"underpowered (n = 48: detectable Δρ ≥ {p['mde']:.2f})"
+    assert all(v.startswith("underpowered (n = 48") for v in an.summary["verdicts"].values())
+
+
+def test_verdict_text_covers_every_outcome_of_the_two_tests() -> None:
+    def row(passed: bool, mde: float) -> dict:
+        return {"passed": passed, "mde": mde, "underpowered": mde > POWER_TARGET, "n": 300}
+
+    assert verdict_text(row(True, .05), row(True, .05)) == (
+        "beats baselines and survives residualisation")
+    assert verdict_text(row(True, .05), row(False, .05)) == "beats baselines only"
+    assert verdict_text(row(True, .05), row(False, .2)) == (
+        "beats baselines; residualisation underpowered (n = 300: detectable residual ρ ≥ 0.20)")
+    assert verdict_text(row(False, .05), row(True, .05)) == "survives residualisation only"
+    assert verdict_text(row(False, .3), row(False, .05)) == (
+        "underpowered (n = 300: detectable Δρ ≥ 0.30)")
+    assert verdict_text(row(False, .05), row(False, .05)) == "neither"
 
 
 def test_heldout_payoff_is_positive_for_a_planted_relation(planted) -> None:
@@ -63,18 +114,40 @@ def test_heldout_payoff_is_positive_for_a_planted_relation(planted) -> None:
     assert h["precision_clean"] > 0.5
 
 
-def test_pure_noise_is_reported_as_noise(noise) -> None:
-    p = noise.summary["primary_endpoint"]
-    assert p["delta_lo"] < 0 < p["delta_hi"] or abs(p["delta_rho"]) < 0.15
-    cv = noise.cv.filter((noise.cv["model"] == "ridge") & (noise.cv["set"] == "full")
-                         & (noise.cv["outcome"] == "cleanliness")
-                         & (noise.cv["context_set"] == "fresh")).row(0, named=True)
-    assert cv["rho_lo"] < 0 < cv["rho_hi"] or abs(cv["rho"]) < 0.15
-    assert noise.summary["verdicts"]["cleanliness"] == "neither"
+def test_planted_predictors_survive_the_confound_control(planted) -> None:
+    c = planted.confounds.filter((planted.confounds["outcome"] == "effect_stability")
+                                 & (planted.confounds["control"] == "freq+mag"))
+    q = dict(zip(c["predictor"].to_list(), c["q_bh"].to_list(), strict=True))
+    assert q["geom_max_cos"] < 0.01 and q["act_cv"] < 0.01
+    assert q["logit_kurtosis"] > 0.05
+
+
+def test_rank_agreement_across_swept_strengths() -> None:
+    import polars as pl
+
+    data = synthetic(seed=4)
+    rows = []
+    for s, noise_sd in ((0.1, 0.3), (0.25, 0.0)):
+        rng = np.random.default_rng(int(s * 100))
+        for cs in data.context_sets:
+            stab = data.outcome("effect_stability", cs) + noise_sd * rng.normal(size=240)
+            rows.append(pl.DataFrame({"feature": data.table["feature"], "strength": s,
+                                      "context_set": cs, "effect_stability": stab,
+                                      "collateral_spread": data.outcome("collateral_spread",
+                                                                        cs)}))
+    sweep = pl.concat(rows).with_columns(pl.lit(0.0).alias("cleanliness"))
+    data.sweep = sweep
+    from steerscreen.screening.reliability import rank_agreement
+
+    agree = {r["outcome"]: r for r in rank_agreement(data)}
+    assert agree["collateral_spread"]["rho"] == pytest.approx(1.0)
+    assert 0.5 < agree["effect_stability"]["rho"] < 1
+    r = agree["effect_stability"]
+    assert r["lo"] <= r["rho"] <= r["hi"] and r["strength_a"] == 0.1 and r["strength_b"] == 0.25
 
 
 def test_boosting_recovers_a_nonlinear_relation() -> None:
-    from steerscreen.screening.cv import cross_validate, folds, spearman
+    from steerscreen.screening.cv import cross_validate, folds
     from steerscreen.screening.models import boosting, ridge
 
     rng = np.random.default_rng(3)
@@ -83,32 +156,58 @@ def test_boosting_recovers_a_nonlinear_relation() -> None:
     splits = folds(200, 4, 1, seed=0)
     gb = cross_validate(boosting(0), X, y, splits)
     lin = cross_validate(ridge(0), X, y, splits)
-    assert spearman(gb.oof[0], y) > 0.7 > spearman(lin.oof[0], y) + 0.3
+    assert gb.fold_rho.mean() > 0.7 > lin.fold_rho.mean() + 0.3
 
 
-def test_bootstrap_spearman_ci_covers_the_truth_at_about_the_nominal_rate() -> None:
+def test_ridge_equals_scikit_learns_pipeline() -> None:
+    """Our LOO ridge is a fast copy of SimpleImputer -> StandardScaler -> RidgeCV."""
+    rng = np.random.default_rng(5)
+    for n, p in ((120, 10), (40, 26), (30, 60)):
+        X = rng.normal(size=(n, p))
+        X[rng.random((n, p)) < 0.05] = np.nan
+        X[:, 3] = 1.0  # a constant column
+        y = 0.5 * np.nan_to_num(X[:, 0]) + rng.normal(size=n)
+        ref = Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                        ("scale", StandardScaler()),
+                        ("ridge", RidgeCV(alphas=np.array(RIDGE_ALPHAS)))]).fit(X, y)
+        ours = RidgeLOO().fit(X, y)
+        Xt = rng.normal(size=(50, p))
+        assert ours.alpha_ == ref.named_steps["ridge"].alpha_
+        np.testing.assert_allclose(ours.predict(Xt), ref.predict(Xt), atol=1e-10)
+
+
+def test_fold_mean_is_the_corrected_t_interval() -> None:
+    d = np.array([0.1, 0.12, 0.08, 0.11, 0.09] * 5)
+    e = fold_mean(d, 200, 50, 250, 5)
+    naive = d.std(ddof=1) / math.sqrt(d.size)
+    assert e.estimate == pytest.approx(d.mean()) and e.lo < e.estimate < e.hi
+    assert e.se == pytest.approx(math.sqrt((1 / 25 + 50 / 200) * d.var(ddof=1)))
+    assert e.se > naive and e.p < 0.05 and "df = 4" in e.method
+    flat = fold_mean(np.zeros(25), 200, 50, 250, 5, constant=True)
+    assert flat.lo < 0 < flat.hi and flat.p == 1.0 and flat.mde > POWER_TARGET
+
+
+def test_correlation_interval_covers_the_truth_at_about_the_nominal_rate() -> None:
+    from steerscreen.screening.cv import spearman
+
     rng = np.random.default_rng(0)
-    rho_pearson, n, reps = 0.5, 150, 120
+    rho_pearson, n, reps = 0.5, 150, 400
     truth = 6 / math.pi * math.asin(rho_pearson / 2)  # population Spearman of a normal pair
     cov = np.array([[1, rho_pearson], [rho_pearson, 1]])
     hits = 0
-    for i in range(reps):
+    for _ in range(reps):
         xy = rng.multivariate_normal([0, 0], cov, size=n)
-        idx = np.random.default_rng(i).integers(0, n, size=(400, n))
-        lo, hi = percentile_ci(spearman_boot(xy[:, 0], xy[:, 1], idx))
-        hits += lo <= truth <= hi
-    assert 0.87 <= hits / reps <= 0.99
+        e = correlation(spearman(xy[:, 0], xy[:, 1]), n)
+        assert e.lo <= e.estimate <= e.hi
+        hits += e.lo <= truth <= e.hi
+    assert 0.92 <= hits / reps <= 0.98
 
 
-def test_corrections_and_corrected_t_test() -> None:
+def test_corrections() -> None:
     p = np.array([0.01, 0.04, 0.03, np.nan, 0.5])
     np.testing.assert_allclose(holm(p), [0.04, 0.09, 0.09, np.nan, 0.5], equal_nan=True)
     np.testing.assert_allclose(benjamini_hochberg(p), [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3,
                                                        np.nan, 0.5], equal_nan=True)
-    d = np.array([0.1, 0.12, 0.08, 0.11, 0.09] * 5)
-    t, pv = nadeau_bengio(d, 200, 50)
-    naive_t = d.mean() / (d.std(ddof=1) / math.sqrt(d.size))
-    assert 0 < t < naive_t and pv < 0.05  # the correction widens the naive interval
 
 
 def test_conformal_intervals_cover_new_features_at_the_nominal_rate(planted) -> None:

@@ -16,9 +16,10 @@ from steerscreen.screening.analysis import FitConfig
 from steerscreen.screening.predictor import Predictor
 from steerscreen.screening.stage import run_fit, run_screen
 from steerscreen.stats.stage import StatsConfig
+from tests.screening.intervals import interval_violations
 from tests.steering.test_stage import base, fresh_run, steer  # noqa: F401  (fixture)
 
-FAST = FitConfig(n_splits=3, n_repeats=1, n_boot=100, n_permutations=10,
+FAST = FitConfig(n_splits=3, n_repeats=1, n_permutations=10,
                  boosting_sets=("full",))
 
 
@@ -45,6 +46,11 @@ def test_fit_writes_every_table_and_the_summary(fitted) -> None:
     assert set(cv["model"].to_list()) == {"ridge", "boosting"}
     m = json.loads((fitted["out"] / RunDir.MANIFEST).read_text())
     assert m["stages"]["fit"]["status"] == "complete"
+    # Every interval of every table and of the summary contains its own estimate.
+    tables = {name: pl.read_parquet(folder / f"{name}.parquet")
+              for name in ("cv_metrics", "comparisons", "confounds", "heldout")}
+    assert interval_violations(tables, s) == []
+    assert p["n"] == 24 and p["underpowered"] and p["verdict"].startswith("underpowered")
 
 
 def test_predictor_round_trips_and_checks_columns(fitted, tmp_path) -> None:
@@ -88,11 +94,20 @@ def test_compare_transfers_between_runs(fitted, tmp_path) -> None:
 
     other = tmp_path / "other"
     shutil.copytree(fitted["out"], other)
-    transfer, per_run = compare([fitted["out"], other], n_boot=50)
+    transfer, per_run = compare([fitted["out"], other])
     assert transfer.height == 2 * 3  # 2 ordered pairs x 3 outcomes
+    assert interval_violations({"transfer": transfer}) == []
     assert np.isfinite(transfer["rho"].to_numpy()).all()
     assert per_run.height == 2 and "verdict_cleanliness" in per_run.columns
-    res = CliRunner().invoke(app, ["compare", str(fitted["out"]), str(other), "--n-boot", "20",
+    res = CliRunner().invoke(app, ["compare", str(fitted["out"]), str(other),
                                    "--out", str(tmp_path / "cmp")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "cmp" / "transfer.parquet").is_file()
+
+
+def test_fit_closing_lines_state_power(fitted) -> None:
+    from steerscreen.screening.stage import fit_lines
+
+    out = " ".join(fit_lines(fitted["res"].summary))
+    assert "n = 24" in out and "underpowered (n = 24: detectable Δρ ≥" in out
+    assert "detectable delta rho at 80% power" in out

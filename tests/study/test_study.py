@@ -129,7 +129,7 @@ def tiny_study(root: Path, **steer: Any):
         "steer": {"features": 12, "random_directions": 4, "contexts": 3, "fresh_contexts": 3,
                   "context_len": 10, "calibration_contexts": 3, "calibration_directions": 4,
                   "shard_directions": 4, "target_kl": 0.005, "kl_tolerance": 0.2, **steer},
-        "fit": {"n_splits": 3, "n_repeats": 1, "n_boot": 100, "n_permutations": 10,
+        "fit": {"n_splits": 3, "n_repeats": 1, "n_permutations": 10,
                 "boosting_sets": ["full"]},
     }
     return build_config(raw, "quick"), model

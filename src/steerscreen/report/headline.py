@@ -1,10 +1,11 @@
 """The headline numbers of one run, pulled out once for the HTML page and ``summary.md``.
 
 Per outcome: the fit's verdict, and the numbers it rests on (METHOD §4): delta rho of ``full``
-over the best baseline set with its CI ("beats baselines" = the CI lies above 0), the residual rho
-after the baselines are regressed out inside the folds ("survives residualisation" = its CI
-excludes 0), and the held-out payoff of the top share by predicted cleanliness, scored on the
-fresh contexts, vs random selection and vs the ``freq+mag`` selection.
+over the best baseline set and the residual rho after the baselines are regressed out inside
+the folds, each with its CI, its Holm-adjusted p (a verdict needs a positive estimate with
+p_holm < 0.05) and the smallest effect it could detect at 80% power; and the held-out payoff of
+the top share by predicted cleanliness, scored on the fresh contexts, vs random selection and vs
+the ``freq+mag`` selection.
 """
 
 from __future__ import annotations
@@ -49,6 +50,27 @@ def _f(x: Any) -> float:
 
 
 @dataclass(frozen=True)
+class Test:
+    """One verdict test as the fit recorded it (``summary.json``: ``verdict_tests``)."""
+
+    estimate: Interval
+    p_holm: float
+    mde: float
+    """Smallest true effect detected with 80% power at alpha = 0.05."""
+    passed: bool
+    underpowered: bool
+    method: str
+
+    @classmethod
+    def of(cls, row: dict[str, Any] | None) -> Test | None:
+        if not row:
+            return None
+        return cls(Interval(_f(row.get("estimate")), _f(row.get("lo")), _f(row.get("hi"))),
+                   _f(row.get("p_holm")), _f(row.get("mde")), bool(row.get("passed")),
+                   bool(row.get("underpowered")), str(row.get("method", "")))
+
+
+@dataclass(frozen=True)
 class Verdict:
     """One outcome's verdict and its evidence."""
 
@@ -63,6 +85,9 @@ class Verdict:
     """rho of ``full`` on the outcome with the baselines regressed out."""
     payoff_random: Interval | None
     payoff_baseline: Interval | None
+    beats_test: Test | None = None
+    survives_test: Test | None = None
+    n: int | None = None
 
 
 def primary(run: RunData) -> dict[str, Any] | None:
@@ -76,6 +101,7 @@ def verdicts(run: RunData) -> list[Verdict]:
         return []
     cs = run.primary_set
     resid = {r["outcome"]: r for r in s.get("residualised", [])}
+    tests = {(r.get("outcome"), r.get("test")): r for r in s.get("verdict_tests", [])}
     out = []
     for outcome in OUTCOMES:
         verdict = str(s.get("verdicts", {}).get(outcome, "–"))
@@ -97,12 +123,24 @@ def verdicts(run: RunData) -> list[Verdict]:
                 r = row.row(0, named=True)
                 pay_r = Interval.of(r, "payoff_vs_random", "vs_random_lo", "vs_random_hi")
                 pay_b = Interval.of(r, "payoff_vs_baseline", "vs_baseline_lo", "vs_baseline_hi")
+        bt = Test.of(tests.get((outcome, "beats baselines")))
+        st = Test.of(tests.get((outcome, "survives residualisation")))
         out.append(Verdict(
-            outcome=outcome, verdict=verdict, beats=verdict.startswith("beats"),
-            survives="survives" in verdict, delta_best=delta, best_baseline=best,
+            outcome=outcome, verdict=verdict,
+            beats=bt.passed if bt else verdict.startswith("beats"),
+            survives=st.passed if st else verdict.startswith("survives") or " and survives"
+            in verdict, delta_best=delta, best_baseline=best,
             residual=Interval.of(res, "rho", "rho_lo", "rho_hi"), payoff_random=pay_r,
-            payoff_baseline=pay_b))
+            payoff_baseline=pay_b, beats_test=bt, survives_test=st,
+            n=(tests.get((outcome, "beats baselines")) or {}).get("n")))
     return out
+
+
+def power_text(mde: float | None, what: str = "Δρ") -> str:
+    """``detectable Δρ ≥ 0.12`` (80% power, alpha 0.05), or "–"."""
+    if mde is None or not math.isfinite(mde):
+        return "–"
+    return f"detectable {what} ≥ {mde:.2f}"
 
 
 def noise_ceiling(run: RunData) -> dict[str, Interval]:

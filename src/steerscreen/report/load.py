@@ -23,7 +23,7 @@ import polars as pl
 
 from steerscreen.errors import ArtifactError, SteerscreenError
 from steerscreen.files import user_path
-from steerscreen.runs import RunDir
+from steerscreen.runs import RunDir, analysed_strength
 
 # File names of other stages, spelt out: importing those stages would pull in torch (seconds).
 DOSE_STATS = "feature_dose_stats.parquet"
@@ -80,7 +80,8 @@ class RunData:
         recorded = [float(s) for s in self.manifest.get("strengths") or []]
         if not recorded and self.outcomes is not None:
             recorded = sorted(set(self.outcomes["strength"].to_list()))
-        return next((s for s in recorded if s != 0), recorded[0] if recorded else None)
+        chosen = analysed_strength(recorded)
+        return chosen if chosen is not None else (recorded[0] if recorded else None)
 
     @property
     def primary_set(self) -> str:

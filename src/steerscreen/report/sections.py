@@ -21,6 +21,7 @@ from steerscreen.report.headline import (
     Interval,
     Verdict,
     noise_ceiling,
+    power_text,
     primary,
     selection,
     verdicts,
@@ -146,27 +147,31 @@ def verdicts_section(run: RunData, prefix: str = "") -> Section:
         return section(prefix, "verdicts", title, note(facts(run)), *_stage_warnings(run), gate)
     p = primary(run) or {}
     sig = ci(p.get("delta_rho"), p.get("delta_lo"), p.get("delta_hi"), signed=True)
-    lo = p.get("delta_lo")
-    good = lo is not None and lo > 0
+    verdict = str(p.get("verdict") or "")
+    good = None if p.get("underpowered") and "beats" not in verdict else "beats" in verdict
     head = tag(
         "div", tag("div", "Primary endpoint (fixed in advance): ", p.get("model", "ridge"), ", ",
                    code(p.get("full", "full")), " vs ", code(p.get("baseline", "freq+mag")), ", ",
                    p.get("outcome", "cleanliness"), " on ", p.get("context_set", "?"),
-                   " contexts"),
+                   f" contexts, n = {num(p.get('n'))} features"),
         tag("div", f"ρ {num(p.get('rho_full'))} vs {num(p.get('rho_baseline'))}; Δρ {sig} ",
-            badge("CI above 0" if good else "CI includes or is below 0", good), class_="big"),
+            badge(verdict or "–", good), class_="big"),
         tag("div", f"Nadeau–Bengio p = {num(p.get('p_nadeau_bengio'))}; permutation p = "
-            f"{num(p.get('p_permutation'))} ({num(p.get('n_permutations'))} permutations)"),
+            f"{num(p.get('p_permutation'))} ({num(p.get('n_permutations'))} permutations); "
+            f"{power_text(p.get('mde'))} at 80% power (α = 0.05)"),
         class_="headline")
     rows = [_verdict_row(v) for v in verdicts(run)]
     vt = table(("outcome", "verdict", "Δρ vs best baseline", "residual ρ",
-                "payoff vs random", "payoff vs freq+mag"), rows)
+                "power (80%, α = 0.05)", "payoff vs random", "payoff vs freq+mag"), rows)
     explain = note(
-        "Beats baselines: the 95% CI of Δρ (all predictors minus the best baseline set, named "
-        "in brackets) lies above 0. Survives residualisation: the CI of ρ after freq and mag "
-        "are regressed out inside the folds excludes 0. Payoffs: mean outcome of the held-out "
-        "selection minus random picking and minus the freq+mag selection. All intervals are "
-        "95% bootstrap CIs.")
+        "Each estimate is the mean over the cross-validation test folds; its 95% CI and p come "
+        "from the Nadeau–Bengio corrected t over the same folds (df = K − 1). Beats baselines: "
+        "Δρ (all predictors minus the best baseline set, named in brackets) is positive with "
+        "Holm-adjusted p < 0.05 across the six verdict tests. Survives residualisation: the "
+        "same test for ρ after freq and mag are regressed out inside the folds. A test whose "
+        "detectable effect exceeds 0.1 says “underpowered” instead of a negative verdict. "
+        "Payoffs: mean outcome of the held-out selection minus random picking and minus the "
+        "freq+mag selection, per test fold, with the same kind of interval.")
     sel = selection(run)
     share = (run.summary or {}).get("config", {}).get("top_share", 0.2)
     prec = note(
@@ -192,10 +197,21 @@ def _verdict_row(v: Verdict) -> tuple[object, ...]:
     def iv(x, signed=True):
         return "–" if x is None else ci(x.value, x.lo, x.hi, signed=signed)
 
+    def holm(t) -> str:
+        return "" if t is None else f" (Holm p = {num(t.p_holm)})"
+
     best = f" ({v.best_baseline})" if v.best_baseline else ""
-    return (LABELS[v.outcome], badge(v.verdict, v.beats or v.survives),
-            join_badge(iv(v.delta_best) + best, v.beats), join_badge(iv(v.residual, False),
-                                                                    v.survives),
+    power = "; ".join(x for x in (
+        power_text(v.beats_test.mde) if v.beats_test else "",
+        power_text(v.survives_test.mde, "residual ρ") if v.survives_test else "") if x)
+    underpowered = any(t is not None and t.underpowered for t in (v.beats_test,
+                                                                   v.survives_test))
+    return (LABELS[v.outcome],
+            badge(v.verdict, None if "underpowered" in v.verdict and not (v.beats or v.survives)
+                  else v.beats or v.survives),
+            join_badge(iv(v.delta_best) + best + holm(v.beats_test), v.beats),
+            join_badge(iv(v.residual, False) + holm(v.survives_test), v.survives),
+            badge(power or "–", None if not power else not underpowered),
             iv(v.payoff_random), iv(v.payoff_baseline))
 
 
@@ -233,10 +249,11 @@ def ablation_section(run: RunData, prefix: str = "") -> Section:
     cs = run.primary_set
     plot, fig = make_plot(prefix, "ablation", figures.ablation(run.cv, cs),
                       f"Cross-validated Spearman ρ per predictor set (ridge, {cs} contexts)",
-                      "bars are ρ of one predictor set, black lines their 95% bootstrap CI. Grey: "
-                      "baselines; blue: one group alone; orange: all predictors minus one group; "
-                      "dark: all predictors (dashed line). A group matters when dropping it "
-                      "(orange) pulls ρ below the dashed line.")
+                      "bars are ρ of one predictor set (mean over test folds), black lines "
+                      "their 95% Nadeau–Bengio CI. Grey: baselines; blue: one group alone; "
+                      "orange: all predictors minus one group; dark: all predictors (dashed "
+                      "line). A group matters when dropping it (orange) pulls ρ below the "
+                      "dashed line.")
     body: list[object] = [fig]
     if run.comparisons is not None:
         rows = run.comparisons.filter((pl.col("model") == "ridge") & (pl.col("outcome") ==
@@ -258,9 +275,9 @@ def payoff_section(run: RunData, prefix: str = "") -> Section:
                       "each panel is one measured outcome (fresh contexts) of the top share by "
                       "predicted cleanliness. Dark: full screen minus random picking; grey: the "
                       "freq+mag screen minus random; blue: full minus freq+mag; lines are 95% "
-                      "bootstrap CIs. Higher is better for cleanliness and stability, lower for "
-                      "spread; effect KL and target gain show whether a screen picks inert "
-                      "directions.")
+                      "Nadeau–Bengio CIs over the test folds. Higher is better for cleanliness "
+                      "and stability, lower for spread; effect KL and target gain show whether "
+                      "a screen picks inert directions.")
     rows = run.heldout.filter(pl.col("outcome") == "cleanliness")
     t = table(("selector", "selected mean", "all features", "payoff vs random [95% CI]",
                "precision (clean)", "recall (clean)"),
@@ -366,7 +383,7 @@ def methods_section(run: RunData, prefix: str = "") -> Section:
 
 
 def _fit_config(s: dict[str, Any]) -> dict[str, Any]:
-    keep = ("n_features", "context_sets", "primary_context_set", "strength", "config",
+    keep = ("n_features", "context_sets", "primary_context_set", "strength", "config", "power",
             "conformal_q")
     return {k: s[k] for k in keep if k in s}
 

@@ -11,7 +11,7 @@ import polars as pl
 
 from steerscreen.report import figures
 from steerscreen.report.headline import LABELS, OUTCOMES
-from steerscreen.report.html import Safe, badge, ci, code, kv_table, missing, note, table, tag
+from steerscreen.report.html import Safe, badge, ci, code, kv_table, missing, note, num, table, tag
 from steerscreen.report.load import StudyData, StudyRun
 from steerscreen.report.sections import Section, make_plot, run_sections, section
 
@@ -98,7 +98,8 @@ def per_run_rows(study: StudyData) -> list[dict[str, Any]]:
             p = s.get("primary_endpoint", {})
             row |= {"rho_full": p.get("rho_full"), "rho_freq_mag": p.get("rho_baseline"),
                     "delta_rho": p.get("delta_rho"), "delta_lo": p.get("delta_lo"),
-                    "delta_hi": p.get("delta_hi")}
+                    "delta_hi": p.get("delta_hi"), "n_fit": p.get("n"),
+                    "detectable_delta_rho": p.get("mde"), "primary_verdict": p.get("verdict")}
             row |= {f"verdict_{k}": v for k, v in s.get("verdicts", {}).items()}
         elif r.name in table_rows:
             row |= {k: v for k, v in table_rows[r.name].items() if k != "run"}
@@ -158,13 +159,20 @@ def _label(r: dict[str, Any]) -> str:
 def _endpoint_table(rows: list[dict[str, Any]]) -> Safe:
     def verdict(r: dict[str, Any], o: str) -> object:
         v = r.get(f"verdict_{o}")
-        return "–" if v is None else badge(v, v != "neither")
+        if v is None:
+            return "–"
+        return badge(v, None if v.startswith("underpowered") else v != "neither")
+
+    def power(r: dict[str, Any]) -> str:
+        mde = r.get("detectable_delta_rho")
+        return "–" if mde is None else f"≥ {num(mde)}"
 
     return table(("run", "architecture", "width", "steered", "ρ full", "ρ freq+mag",
-                  "Δρ [95% CI]", *[f"verdict: {LABELS[o]}" for o in OUTCOMES]),
+                  "Δρ [95% CI]", "detectable Δρ (80%)",
+                  *[f"verdict: {LABELS[o]}" for o in OUTCOMES]),
                  [(r["run"], r.get("arch") or "–", r.get("width"), r.get("n"), r.get("rho_full"),
                    r.get("rho_freq_mag"), ci(r.get("delta_rho"), r.get("delta_lo"),
-                                             r.get("delta_hi"), signed=True),
+                                             r.get("delta_hi"), signed=True), power(r),
                    *[verdict(r, o) for o in OUTCOMES]) for r in rows])
 
 
@@ -189,7 +197,7 @@ def _transfer(study: StudyData, plots: list) -> list[object]:
     plot, fig = make_plot("comparison-", "transfer", figures.transfer(t, present, own),
                       "Transfer matrix: Spearman ρ of a predictor fit on one SAE (row) with the "
                       "measured outcomes of another (column)",
-                      "each cell is ρ with its 95% bootstrap CI over the evaluated SAE's "
+                      "each cell is ρ with its 95% Fisher-z CI over the evaluated SAE's "
                       "features; the outlined diagonal is each SAE's own cross-validated ρ. "
                       "Off-diagonal cells close to the diagonal mean the screen transfers.")
     plots.append(plot)

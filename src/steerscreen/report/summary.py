@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from steerscreen.report.headline import LABELS, Interval, noise_ceiling, primary, verdicts
+from steerscreen.report import headline as hl
+from steerscreen.report.headline import LABELS, Interval, Verdict, power_text
 from steerscreen.report.html import ci, num
 from steerscreen.report.load import RunData, StudyData
 from steerscreen.report.sections import facts
@@ -28,9 +29,15 @@ def _iv(x: Interval | None, signed: bool = True) -> str:
     return "–" if x is None else ci(x.value, x.lo, x.hi, signed=signed)
 
 
+def _power(v: Verdict) -> str:
+    parts = [power_text(v.beats_test.mde) if v.beats_test else "",
+             power_text(v.survives_test.mde, "residual ρ") if v.survives_test else ""]
+    return "; ".join(x for x in parts if x and x != "–") or "–"
+
+
 def run_lines(run: RunData, figures: Sequence[Path], root: Path, level: str = "##") -> list[str]:
     lines = [facts(run), ""]
-    p = primary(run)
+    p = hl.primary(run)
     if p is None:
         cmd = ("steerscreen stats" if run.stats is None else "steerscreen steer"
                if run.outcomes is None else "steerscreen fit")
@@ -41,13 +48,16 @@ def run_lines(run: RunData, figures: Sequence[Path], root: Path, level: str = "#
               f"{num(p.get('rho_full'))} vs {num(p.get('rho_baseline'))}, Δρ "
               f"{ci(p.get('delta_rho'), p.get('delta_lo'), p.get('delta_hi'), signed=True)}; "
               f"Nadeau–Bengio p = {num(p.get('p_nadeau_bengio'))}, permutation p = "
-              f"{num(p.get('p_permutation'))}.", ""]
+              f"{num(p.get('p_permutation'))}. **{p.get('verdict', '–')}**; n = "
+              f"{num(p.get('n'))} features, {power_text(p.get('mde'))} at 80% power "
+              "(α = 0.05).", ""]
     lines += _table(("outcome", "verdict", "Δρ vs best baseline [95% CI]",
-                     "residual ρ [95% CI]", "held-out payoff vs random [95% CI]",
-                     "vs freq+mag selection [95% CI]"),
+                     "residual ρ [95% CI]", "power (80%, α = 0.05)",
+                     "held-out payoff vs random [95% CI]", "vs freq+mag selection [95% CI]"),
                     [(LABELS[v.outcome], v.verdict, _iv(v.delta_best), _iv(v.residual, False),
-                      _iv(v.payoff_random), _iv(v.payoff_baseline)) for v in verdicts(run)])
-    nc = noise_ceiling(run)
+                      _power(v), _iv(v.payoff_random), _iv(v.payoff_baseline))
+                     for v in hl.verdicts(run)])
+    nc = hl.noise_ceiling(run)
     if nc:
         lines += ["", "Noise ceiling (steering vs fresh contexts): " + "; ".join(
             f"{LABELS[o]} {_iv(iv, False)}" for o, iv in nc.items()) + "."]
@@ -68,11 +78,12 @@ def study_summary(study: StudyData, shared: Sequence[Path],
     lines = [f"# steerscreen study report: {study.name}", "",
              f"Study folder `{study.path}`, {len(study.runs)} runs; {stamp}. The full report "
              "is `report.html`.", "", "## Primary endpoint per SAE", ""]
-    lines += _table(("run", "architecture", "width", "ρ full", "ρ freq+mag", "Δρ [95% CI]",
-                     "verdict (cleanliness)"),
-                    [(r["run"], r.get("arch") or "–", r.get("width") or "–",
+    lines += _table(("run", "architecture", "width", "n", "ρ full", "ρ freq+mag",
+                     "Δρ [95% CI]", "primary endpoint", "verdict (cleanliness)"),
+                    [(r["run"], r.get("arch") or "–", r.get("width") or "–", r.get("n_fit") or "–",
                       num(r.get("rho_full")), num(r.get("rho_freq_mag")),
                       ci(r.get("delta_rho"), r.get("delta_lo"), r.get("delta_hi"), signed=True),
+                      r.get("primary_verdict") or "–",
                       r.get("verdict_cleanliness") or "not fitted") for r in per_run_rows(study)])
     lines += ["", "## Transfer", ""]
     if study.transfer is None or study.transfer.height == 0:

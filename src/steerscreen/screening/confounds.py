@@ -2,10 +2,12 @@
 
 - :func:`partial_spearman`: Spearman of a predictor with an outcome controlling for covariates
   (``base_freq``, ``base_mag``): ranks of both regressed on the covariates' ranks, then the
-  correlation of the residuals; p from the t distribution with n - 2 - k degrees of freedom,
-  95% CI by a bootstrap over features.
+  correlation of the residuals; CI and p from Fisher's z with k controls
+  (:func:`~steerscreen.screening.inference.correlation`), so the CI excludes 0 exactly when
+  p < 0.05.
 - :func:`residual_targets`: the fold-wise transform for residualised CV: a flexible model of the
-  outcome on the baselines is fit on the training fold and subtracted from both folds' targets.
+  outcome on the baselines (tensor-product splines, :func:`.models.flexible_baseline`) is fit on
+  the training fold and subtracted from both folds' targets.
 - :func:`within_deciles`: Spearman of predictions with outcomes inside each ``base_freq`` decile.
 """
 
@@ -19,6 +21,7 @@ from scipy import stats as sps
 from sklearn.base import clone
 
 from steerscreen.screening.cv import spearman
+from steerscreen.screening.inference import Estimate, correlation
 
 
 def _partial_batch(x: np.ndarray, y: np.ndarray, Z: np.ndarray) -> np.ndarray:
@@ -45,24 +48,14 @@ def _partial_batch(x: np.ndarray, y: np.ndarray, Z: np.ndarray) -> np.ndarray:
         return np.where(den > 1e-12, (ex * ey).sum(1) / den, np.nan)
 
 
-def partial_spearman(x: np.ndarray, y: np.ndarray, Z: np.ndarray, *, n_boot: int = 500,
-                     seed: int = 0) -> dict[str, float]:
+def partial_spearman(x: np.ndarray, y: np.ndarray, Z: np.ndarray) -> Estimate:
     """Partial Spearman of x and y given the columns of Z (rows with any NaN dropped)."""
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(Z).all(1)
     n, k = int(ok.sum()), Z.shape[1]
     if n < k + 4 or np.ptp(x[ok]) == 0:
-        return {"rho": math.nan, "lo": math.nan, "hi": math.nan, "p": math.nan, "n": n}
-    xo, yo, Zo = x[ok], y[ok], Z[ok]
-    rho = float(_partial_batch(xo[None], yo[None], Zo[None])[0])
-    df = n - 2 - k
-    t = rho * math.sqrt(df / max(1e-300, 1 - rho**2)) if abs(rho) < 1 else math.inf
-    p = float(2 * sps.t.sf(abs(t), df)) if math.isfinite(rho) else math.nan
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    vals = _partial_batch(xo[idx], yo[idx], Zo[idx])
-    vals = vals[np.isfinite(vals)]
-    lo, hi = ((float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)))
-              if vals.size >= 10 else (math.nan, math.nan))
-    return {"rho": rho, "lo": lo, "hi": hi, "p": p, "n": n}
+        return correlation(math.nan, n, k)
+    rho = float(_partial_batch(x[ok][None], y[ok][None], Z[ok][None])[0])
+    return correlation(rho, n, k)
 
 
 def residual_targets(y: np.ndarray, B: np.ndarray, seed: int = 0

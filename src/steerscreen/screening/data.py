@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from steerscreen.errors import ArtifactError
-from steerscreen.runs import RunDir
+from steerscreen.runs import RunDir, analysed_strength
 from steerscreen.stats.registry import COLUMNS, GROUPS
 
 OUTCOMES = ("effect_stability", "collateral_spread", "cleanliness")
@@ -74,6 +74,9 @@ class ScreeningData:
     context_sets: list[str]
     strength: float
     random: pl.DataFrame  # random-direction outcome rows at the same strength
+    sweep: pl.DataFrame | None = None
+    """Feature rows at every positive strength (feature, strength, context_set, the OUTCOMES)
+    when the run swept several; None otherwise."""
 
     def outcome(self, name: str, context_set: str) -> np.ndarray:
         return self.table[f"{name}@{context_set}"].to_numpy().astype(np.float64)
@@ -98,11 +101,16 @@ def load_stats(run: RunDir) -> pl.DataFrame:
 
 
 def screening_table(run: RunDir, strength: float | None = None) -> ScreeningData:
-    """Join the run's predictors and outcomes (``strength``: default the first recorded)."""
+    """Join the run's predictors and outcomes (``strength``: default the first positive one
+    recorded, which is the calibrated dose when the dose was calibrated)."""
     outcomes = run.read_table(RunDir.STEERING_OUTCOMES)
     strengths = sorted(set(outcomes["strength"].to_list()))
     if strength is None:
-        strength = float(run.read_manifest().get("strengths", strengths)[0])
+        strength = analysed_strength(run.read_manifest().get("strengths", strengths))
+        if strength is None:
+            raise ArtifactError(f"the run was steered only at strength 0 ({strengths}), the "
+                                "exactness check, where every outcome is 0 or NaN",
+                                "steer at a positive strength (or a calibrated dose)")
     if strength not in strengths:
         raise ArtifactError(f"the run has no outcomes at strength {strength} (it has "
                             f"{strengths})", "pass one of the recorded strengths")
@@ -121,4 +129,16 @@ def screening_table(run: RunDir, strength: float | None = None) -> ScreeningData
             table[f"collateral_spread@{s}"].to_numpy())
         table = table.with_columns(pl.Series(f"cleanliness@{s}", clean))
     random = at.filter(pl.col("direction") == "random")
-    return ScreeningData(table.sort("feature"), preds, sets, float(strength), random)
+    swept = [x for x in strengths if x > 0]
+    sweep = None
+    if len(swept) > 1:
+        sweep = outcomes.filter((pl.col("direction") == "feature") & (pl.col("strength") > 0)
+                                ).select(["feature", "strength", "context_set", *OUTCOMES[:2]])
+        sweep = sweep.with_columns((_z("effect_stability") - _z("collateral_spread")).over(
+            ["strength", "context_set"]).alias("cleanliness"))
+    return ScreeningData(table.sort("feature"), preds, sets, float(strength), random, sweep)
+
+
+def _z(col: str) -> pl.Expr:
+    c = pl.col(col).fill_nan(None)
+    return (c - c.mean()) / c.std(ddof=0)

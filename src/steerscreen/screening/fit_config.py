@@ -17,13 +17,11 @@ class FitConfig:
     """Everything that defines a fit stage; the CLI's options mirror these fields."""
 
     strength: float | None = None
-    """Outcomes at this strength (default: the first the steer stage recorded)."""
+    """Outcomes at this strength (default: the first positive one the steer stage recorded)."""
     n_splits: int = 5
     """K of the repeated K-fold CV (grouped by feature)."""
     n_repeats: int = 5
     """Repeats of the K-fold CV."""
-    n_boot: int = 1000
-    """Bootstrap resamples for every CI."""
     n_permutations: int = 200
     """Outcome permutations through the whole CV pipeline (primary endpoint)."""
     top_share: float = 0.2
@@ -33,7 +31,7 @@ class FitConfig:
     conformal_level: float = 0.9
     """Coverage of the split-conformal prediction intervals."""
     seed: int = 0
-    """Seeds folds, bootstraps and permutations."""
+    """Seeds folds, tie-breaks and permutations."""
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
@@ -45,9 +43,8 @@ class FitConfig:
 
         if self.n_splits < 2:
             raise bad("n_splits", "an integer >= 2")
-        for name in ("n_repeats", "n_boot"):
-            if getattr(self, name) < 1:
-                raise bad(name, "an integer >= 1")
+        if self.n_repeats < 1:
+            raise bad("n_repeats", "an integer >= 1")
         if self.n_permutations < 0:
             raise bad("n_permutations", "an integer >= 0")
         for name in ("top_share", "conformal_level"):

@@ -43,7 +43,8 @@ class LinearModel:
     scales: list[float]
     coef: list[float]
     intercept: float
-    alpha: float
+    alpha: float | None
+    """The ridge penalty; None when the intercept alone predicted best (all coef 0)."""
     conformal_q: float
     conformal_level: float
     n_train: int
@@ -149,9 +150,11 @@ def _linear_model(outcome: str, raw: Any, n_columns: int) -> LinearModel:
                 and all(_is_number(x) for x in v)):
             raise ValueError(f"model {outcome!r}: {name} is not {n_columns} numbers (one per "
                              "column)")
-    for name in ("intercept", "alpha", "conformal_q", "conformal_level"):
+    for name in ("intercept", "conformal_q", "conformal_level"):
         if not _is_number(getattr(m, name)):
             raise ValueError(f"model {outcome!r}: {name} is not a number")
+    if m.alpha is not None and not _is_number(m.alpha):
+        raise ValueError(f"model {outcome!r}: alpha is not a number or null")
     if m.outcome != outcome:
         raise ValueError(f"model {outcome!r} says it predicts {m.outcome!r}")
     return m
@@ -182,13 +185,11 @@ def fit_predictor(data: ScreeningData, residuals: dict[str, np.ndarray], *, leve
     for outcome in OUTCOMES:
         y = data.outcome(outcome, data.primary_set)
         ok = np.isfinite(y)
-        pipe = ridge(seed).fit(X[ok], y[ok])
-        imp, sc, rg = pipe.named_steps["impute"], pipe.named_steps["scale"], \
-            pipe.named_steps["ridge"]
-        scale = np.where(sc.scale_ > 0, sc.scale_, 1.0)
+        rg = ridge(seed).fit(X[ok], y[ok])
         models[outcome] = LinearModel(
-            outcome=outcome, medians=imp.statistics_.tolist(), means=sc.mean_.tolist(),
-            scales=scale.tolist(), coef=rg.coef_.tolist(), intercept=float(rg.intercept_),
-            alpha=float(rg.alpha_), conformal_q=conformal_q(residuals[outcome], level),
-            conformal_level=level, n_train=int(ok.sum()))
+            outcome=outcome, medians=rg.medians_.tolist(), means=rg.mean_.tolist(),
+            scales=rg.scale_.tolist(), coef=rg.coef_.tolist(), intercept=rg.intercept_,
+            alpha=None if math.isinf(rg.alpha_) else rg.alpha_,
+            conformal_q=conformal_q(residuals[outcome], level), conformal_level=level,
+            n_train=int(ok.sum()))
     return Predictor(cols, models, data.primary_set, dose, trained_on)

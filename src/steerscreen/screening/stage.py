@@ -2,14 +2,17 @@
 
 ``fit`` reads a run with complete stats and steer stages and writes ``RUN/screening/``:
 
-- ``cv_metrics.parquet``: model, set, outcome, context_set, n, rho (+ 95% CI), R^2;
+- ``cv_metrics.parquet``: model, set, outcome, context_set, n, rho (mean test-fold Spearman,
+  + se, 95% CI, p), R^2;
 - ``comparisons.parquet``: delta rho of each set vs ``freq+mag`` and of ``full`` vs the best
-  baseline, paired bootstrap CI, Nadeau–Bengio t and p, Holm-adjusted p;
+  baseline (mean paired fold difference), se, CI, Nadeau–Bengio t and p, detectable effect,
+  Holm-adjusted p;
 - ``confounds.parquet``: partial Spearman of each predictor with each outcome (+ CI, p, BH q);
 - ``heldout.parquet``: cross-fitted selection payoff vs random and vs the baseline selection;
 - ``predictions.parquet``: the steered features' outcomes and out-of-fold predictions;
 - ``predictor.json``: the fitted predictor (JSON, no pickle; see :mod:`.predictor`);
-- ``summary.json``: every headline number with its CI, the verdicts, the configuration.
+- ``summary.json``: every headline number with its CI, the six verdict tests (estimate, CI, p,
+  Holm p, detectable effect, the test in words), the verdicts, power, the configuration.
 
 ``screen`` runs the stats pass for any SAE (into its own folder), applies a predictor and writes
 ``screen.parquet`` and ``screen.csv``: every feature ranked by predicted cleanliness, with
@@ -135,6 +138,25 @@ def run_fit(cfg: FitConfig, run_dir: str | Path, force: bool = False,
     return FitResult(run, summary, seconds)
 
 
+def fit_lines(summary: dict[str, Any]) -> list[str]:
+    """The fit's closing lines: the primary endpoint with its power, and each verdict."""
+    p = summary["primary_endpoint"]
+
+    def f(x: Any, fmt: str) -> str:
+        return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+    lines = [
+        f"fit: primary endpoint ({p['model']}, {p['full']} vs {p['baseline']}, {p['outcome']} "
+        f"on {p['context_set']} contexts, n = {p.get('n')}): rho {f(p['rho_full'], '.3f')} vs "
+        f"{f(p['rho_baseline'], '.3f')}, delta {f(p['delta_rho'], '+.3f')} "
+        f"[{f(p['delta_lo'], '+.3f')}, {f(p['delta_hi'], '+.3f')}], p_NB "
+        f"{f(p['p_nadeau_bengio'], '.3g')}, p_perm {f(p['p_permutation'], '.3g')}",
+        f"  {p.get('verdict', '')} (detectable delta rho at 80% power: "
+        f"{f(p.get('mde'), '.2f')})"]
+    lines += [f"  {outcome}: {verdict}" for outcome, verdict in summary["verdicts"].items()]
+    return lines
+
+
 def _read_summary(run: RunDir) -> dict[str, Any]:
     import json
 
@@ -175,6 +197,10 @@ def run_screen(predictor_path: str | Path, stats_cfg, out: str | Path, *,
         stats = _with_base_pass(stats_cfg, stats, downstream_sae, downstream_hook,
                                 s * res.residual_norm, pass_positions, model, sae, down)
     ranked = predictor.predict(stats)
+    flat = [o for o, m in predictor.models.items() if m.alpha is None]
+    if flat and log is not None:
+        log(f"note: the predictor found no signal for {', '.join(flat)} (its ridge chose the "
+            "intercept alone), so those scores are the same for every feature")
     key = [pl.col("dead").cast(pl.Int8)] if "dead" in ranked.columns else []
     ranked = ranked.sort([*key, pl.col("pred_cleanliness")], descending=[False] * len(key)
                          + [True], nulls_last=True).with_row_index("rank", offset=1)

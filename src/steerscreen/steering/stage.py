@@ -49,7 +49,7 @@ from steerscreen.corpus import Contexts, load_corpus
 from steerscreen.errors import SpecError, SteerscreenError, check_seed
 from steerscreen.files import sha256_json
 from steerscreen.models import HookedModel, HookPoint, load_model
-from steerscreen.runs import RunDir, environment
+from steerscreen.runs import RunDir, analysed_strength, environment
 from steerscreen.saes.io import LoadedSAE, load_sae
 from steerscreen.saes.pairing import validate_pairing
 from steerscreen.stats.geometry import unit_rows
@@ -287,7 +287,10 @@ def _run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool, *,
     timings["calibration"] = time.perf_counter() - t
     strengths = [cal.strength] if cal is not None else list(cfg.strengths or [])
     t = time.perf_counter()
-    dose_info = _dose_stats(cfg, run, model, sae, down, dhp, corpus, sc, strengths[0], r)
+    # The dose-dependent columns at the strength the fit analyses by default (not s = 0).
+    dose_s = analysed_strength(strengths)
+    dose_info = _dose_stats(cfg, run, model, sae, down, dhp, corpus, sc,
+                            strengths[0] if dose_s is None else dose_s, r)
     timings["dose_stats"] = time.perf_counter() - t
 
     done = shards.done_keys(shard_dir)

@@ -79,7 +79,7 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
         "steer": {"features": 48, "random_directions": 16, "contexts": 8, "fresh_contexts": 8,
                   "context_len": 32, "calibration_contexts": 8, "calibration_directions": 16,
                   "pass_positions": 128},
-        "fit": {"n_repeats": 3, "n_boot": 300, "n_permutations": 50},
+        "fit": {"n_repeats": 3, "n_permutations": 50},
     },
     "default": {
         "width": 2048,

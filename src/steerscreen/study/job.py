@@ -58,6 +58,9 @@ class Headline:
     residual_ci: tuple[float | None, float | None]
     payoff: float | None  # held-out: top-20% by prediction vs random, cleanliness @ fresh
     payoff_ci: tuple[float | None, float | None]
+    n: int | None = None  # steered features behind the fit
+    detectable: float | None = None  # delta rho detectable at 80% power (alpha 0.05)
+    verdict: str | None = None  # the primary endpoint's verdict
 
     def lines(self) -> list[str]:
         def ci(v: float | None, c: tuple[float | None, float | None]) -> str:
@@ -66,8 +69,11 @@ class Headline:
             lo, hi = c
             return f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None \
                 else f"{v:+.3f}"
+        power = ("n/a" if self.detectable is None
+                 else f"n = {self.n}, detectable delta rho >= {self.detectable:.2f}")
         return [
-            f"primary endpoint, delta rho (full vs freq+mag): {ci(self.delta_rho, self.delta_ci)}",
+            f"primary endpoint, delta rho (full vs freq+mag): {ci(self.delta_rho, self.delta_ci)}"
+            f" -> {self.verdict or 'n/a'} ({power} at 80% power)",
             f"rho after regressing out freq and mag: {ci(self.residual_rho, self.residual_ci)}",
             f"held-out payoff vs random selection: {ci(self.payoff, self.payoff_ci)}"]
 
@@ -253,8 +259,7 @@ def _same_key(summary_file: Path, key: str) -> bool:
 def _compare(cfg: StudyConfig, folder: Path, runs: list[StudyRun]) -> None:
     from steerscreen.screening.transfer import compare
 
-    transfer, per_run = compare([folder / r.path for r in runs],
-                                n_boot=cfg.fit_config().n_boot, seed=cfg.seed)
+    transfer, per_run = compare([folder / r.path for r in runs], seed=cfg.seed)
     names = {str(folder / r.path): r.name for r in runs}
     import polars as pl
 
@@ -284,7 +289,8 @@ def headline(folder: Path, run: StudyRun) -> Headline | None:
     return Headline(run.name, p.get("delta_rho"), (p.get("delta_lo"), p.get("delta_hi")),
                     res.get("rho"), (res.get("rho_lo"), res.get("rho_hi")),
                     pay.get("payoff_vs_random"), (pay.get("vs_random_lo"),
-                                                  pay.get("vs_random_hi")))
+                                                  pay.get("vs_random_hi")),
+                    p.get("n"), p.get("mde"), p.get("verdict"))
 
 
 def describe_plan(plan: Plan) -> list[str]:

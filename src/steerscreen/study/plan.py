@@ -93,8 +93,7 @@ def make_plan(cfg: StudyConfig) -> Plan:
             + (" (calibrated)" if calibrated else ""), est))
         est = 15 + 0.6 * ft["n_permutations"] + 4 * ft["n_repeats"] if rates else None
         steps.append(PlanStep("fit", e.name, f"{ft['n_repeats']} x {ft['n_splits']}-fold CV, "
-                              f"{ft['n_permutations']} permutations, {ft['n_boot']} bootstrap "
-                              "resamples", est))
+                              f"{ft['n_permutations']} permutations", est))
     if len(cfg.saes) > 1:
         steps.append(PlanStep("compare", "study", f"transfer between {len(cfg.saes)} runs",
                               10.0 if rates else None))
