@@ -33,15 +33,15 @@ import torch
 
 from steerscreen.corpus import Contexts, load_corpus
 from steerscreen.models import load_model
-from steerscreen.saes import encode, load_sae, validate_pairing
-from steerscreen.stats.accumulators import StatsAccumulator
-from steerscreen.stats.collect import collect_stats, stats_tables
-from steerscreen.stats.stage import (
+from steerscreen.pipeline.stats import (
     StatsConfig,
     example_rows,
     logit_token_rows,
     stats_contexts,
 )
+from steerscreen.saes import encode, load_sae, validate_pairing
+from steerscreen.stats.accumulators import StatsAccumulator
+from steerscreen.stats.collect import collect_stats, stats_tables
 
 
 def peak_rss_gib() -> float:

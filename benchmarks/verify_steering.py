@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 from tests.steering.naive import naive_outcomes
 
 from steerscreen.models import load_model
-from steerscreen.runs import RunDir
+from steerscreen.pipeline.runs import RunDir
 from steerscreen.saes import load_sae
 from steerscreen.steering import OUTCOME_COLUMNS
 from steerscreen.steering.sampling import random_directions

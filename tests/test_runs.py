@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from steerscreen.errors import ArtifactError, SteerscreenError
-from steerscreen.runs import MANIFEST_FORMAT, RunDir, environment
+from steerscreen.pipeline.runs import MANIFEST_FORMAT, RunDir, environment
 
 CFG = {"tokens": 100, "seed": 0}
 INPUTS = {"sae_sha256": "abc"}
@@ -90,7 +90,7 @@ def test_manifest_is_strict_json(tmp_path: Path) -> None:
 
 
 def test_a_stale_stage_reruns_without_force(tmp_path):
-    from steerscreen.runs import RunDir
+    from steerscreen.pipeline.runs import RunDir
 
     run = RunDir(tmp_path / "run")
     run.begin_stage("a", {"x": 1}, {})

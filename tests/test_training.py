@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
+from steerscreen.config import TrainConfig
 from steerscreen.errors import SpecError
+from steerscreen.pipeline.train import train_saes
 from steerscreen.saes import load_sae
-from steerscreen.saes.training import TrainConfig, evaluate_sae, fit_sae, train_saes
+from steerscreen.saes.training import evaluate_sae, fit_sae
 from tests.tiny_models import tiny_model
 
 

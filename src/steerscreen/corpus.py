@@ -1,7 +1,8 @@
 """Text corpora: loading, splitting by document, and cutting into fixed-length contexts.
 
-METHOD.md needs three disjoint document splits (stats, calibration, steering) and contexts that
-never cross a document boundary, so a corpus is kept as a tuple of documents until the very end.
+The method (docs/method.md) needs three disjoint document splits (stats, calibration, steering) and
+contexts that never cross a document boundary, so a corpus is kept as a tuple of documents until
+the very end.
 
 Corpus specs accepted by :func:`load_corpus`:
 
@@ -34,17 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from steerscreen import specs
+from steerscreen.config.stages import DEFAULT_CORPUS as DEFAULT_SPEC
 from steerscreen.errors import CorpusError, OfflineError, SpecError
 from steerscreen.hub import hub_offline, is_network_error
 
-DEFAULT_SPEC = "embedded"
-SCHEMES = ("embedded", "text", "jsonl", "hf")
+SCHEMES = specs.names("corpus")  # ("embedded", "text", "jsonl", "hf")
 DEFAULT_SPLITS: Mapping[str, float] = {"stats": 0.6, "calibration": 0.1, "steering": 0.3}
 
-_VALID_SPECS = (
-    "embedded | text:PATH | jsonl:PATH[:FIELD] | hf:DATASET[:CONFIG]:SPLIT[:FIELD] | an existing "
-    "file path"
-)
+_VALID_SPECS = " | ".join(specs.forms("corpus"))  # embedded | text:PATH | ... | a file path
 _OFFLINE_FIX = (
     "use a local corpus instead: `embedded` (built in), `text:PATH` or `jsonl:PATH[:FIELD]`"
 )
@@ -71,8 +70,9 @@ class Corpus:
 def load_corpus(spec: str = DEFAULT_SPEC) -> Corpus:
     """Load the corpus named by ``spec`` (see the module docstring for the forms)."""
     spec = spec.strip()
-    scheme, _, rest = spec.partition(":")
-    if spec == "embedded":
+    parsed = specs.parse("corpus", spec)
+    scheme, rest = parsed.scheme, parsed.rest
+    if scheme == "embedded":
         docs, name, desc = _embedded()
     elif scheme == "text" and rest:
         docs, name, desc = _load_text(Path(rest))
@@ -105,8 +105,9 @@ def check_corpus_spec(spec: str) -> None:
     """Validate a corpus spec without reading it (files must exist; hub specs are not fetched).
     Raises the error ``load_corpus`` would raise for the same mistake."""
     spec = spec.strip()
-    scheme, _, rest = spec.partition(":")
-    if spec == "embedded":
+    parsed = specs.parse("corpus", spec)
+    scheme, rest = parsed.scheme, parsed.rest
+    if scheme == "embedded":
         return
     if scheme in ("text", "jsonl") and rest:
         path = Path(_split_jsonl_spec(rest)[0] if scheme == "jsonl" else rest)

@@ -7,6 +7,7 @@ Everything that lands on disk goes through a temp file (or folder) in the same d
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import hashlib
 import json
 import os
@@ -16,6 +17,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def utc_now() -> str:
+    """Now, UTC, to the second (ISO 8601)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def user_path(path: str | Path) -> Path:

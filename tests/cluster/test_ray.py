@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from steerscreen.cli import app
-from steerscreen.runs import RunDir
+from steerscreen.pipeline.runs import RunDir
 from tests.reliability.pipeline import Inputs, build_inputs, kill_when
 from tests.reliability.test_crash import STATS_TABLES, STEER_TABLES, assert_same_tables, ok
 
@@ -167,7 +167,7 @@ def test_a_worker_whose_files_differ_from_the_drivers_stops_the_run(
 
     from steerscreen.errors import SteerscreenError
     from steerscreen.models import load_model
-    from steerscreen.stats.stage import StatsConfig, run_stats
+    from steerscreen.pipeline.stats import StatsConfig, run_stats
 
     model = load_model(inputs.model)  # the driver's copy, then changed: the workers' differs
     with torch.no_grad():

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from steerscreen.corpus import Contexts
+from steerscreen.pipeline import checkpoint
+from steerscreen.pipeline.stats_ray import ShardTask, reconcile, shard_bounds, stats_shard
 from steerscreen.saes import load_sae
-from steerscreen.stats import checkpoint
 from steerscreen.stats.accumulators import StatsAccumulator, StatsOptions
 from steerscreen.stats.collect import collect_stats
-from steerscreen.stats.distributed import ShardTask, reconcile, shard_bounds, stats_shard
 from steerscreen.steering.outcomes import RowSums, reduce_direction, total
 from tests.stats.test_stage import make_sae
 from tests.tiny_models import ARCHS, tiny_model
@@ -180,8 +180,8 @@ def test_direction_outcomes_do_not_depend_on_the_thread_count() -> None:
 def test_an_address_where_nothing_listens_fails_at_once() -> None:
     import time
 
-    from steerscreen.cluster import ClusterOptions, connected
     from steerscreen.errors import SteerscreenError
+    from steerscreen.pipeline.cluster import ClusterOptions, connected
 
     ray = pytest.importorskip("ray")
     assert not ray.is_initialized()

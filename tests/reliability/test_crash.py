@@ -21,11 +21,10 @@ from typer.testing import CliRunner
 
 from steerscreen.cli import app
 from steerscreen.files import sha256_file
-from steerscreen.runs import RunDir
-from steerscreen.stats import checkpoint
-from steerscreen.stats.stage import FEATURE_LOGIT_TOKENS
-from steerscreen.steering import shards
-from steerscreen.steering.stage import SHARDS
+from steerscreen.layout import STEER_SHARDS as SHARDS
+from steerscreen.pipeline import checkpoint, shards
+from steerscreen.pipeline.runs import RunDir
+from steerscreen.pipeline.stats import FEATURE_LOGIT_TOKENS
 from tests.reliability.pipeline import Inputs, build_inputs, kill_when
 
 runner = CliRunner()

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from steerscreen.cli import app
-from steerscreen.stats.stage import StatsConfig, run_stats
+from steerscreen.pipeline.stats import StatsConfig, run_stats
 from tests.reliability.fixtures import make_corpus, make_sae, save_tiny_llama
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
@@ -270,7 +270,7 @@ def test_failed_writes_and_interrupts_get_a_message(monkeypatch, tmp_path, exc, 
     message = (f"could not {verb} PATH: {exc.strerror}" if path else
                "interrupted: everything finished so far is saved; rerun the same command to "
                "resume")
-    import steerscreen.stats.stage as stage
+    import steerscreen.pipeline.stats as stage
 
     def boom(*_a: Any, **_k: Any) -> None:
         raise exc
@@ -284,7 +284,7 @@ def test_failed_writes_and_interrupts_get_a_message(monkeypatch, tmp_path, exc, 
 
 
 def test_other_os_errors_are_not_disguised(monkeypatch, tmp_path) -> None:
-    import steerscreen.stats.stage as stage
+    import steerscreen.pipeline.stats as stage
 
     def boom(*_a: Any, **_k: Any) -> None:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "x")

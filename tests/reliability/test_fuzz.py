@@ -23,13 +23,13 @@ from typer.testing import CliRunner
 from steerscreen.cli import app
 from steerscreen.corpus import load_corpus
 from steerscreen.errors import ArtifactError, CorpusError, SpecError, SteerscreenError
+from steerscreen.pipeline.fit import load_screening_data as screening_table
+from steerscreen.pipeline.runs import RunDir
+from steerscreen.pipeline.shards import read_shards
+from steerscreen.pipeline.study import load_config
 from steerscreen.report.load import load
-from steerscreen.runs import RunDir
 from steerscreen.saes import load_sae
-from steerscreen.screening.data import screening_table
 from steerscreen.screening.predictor import LinearModel, Predictor
-from steerscreen.steering.shards import read_shards
-from steerscreen.study.config import load_config
 from tests.reliability.fixtures import make_sae
 
 SIZES = (0, 1, 2, 3, 7, 8, 9, 16, 64, 257, 4096)

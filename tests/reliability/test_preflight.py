@@ -13,7 +13,7 @@ from steerscreen.corpus import make_contexts, max_contexts
 from steerscreen.errors import ResourceError, SteerscreenError
 from steerscreen.memory import MEMORY_ENV, available_bytes, check_fits
 from steerscreen.models.shape import read_model_shape
-from steerscreen.preflight import check_writable
+from steerscreen.pipeline.checks import check_writable
 from steerscreen.saes.io import read_sae_header
 from tests.reliability.fixtures import make_sae
 from tests.tiny_models import CharTokenizer, tiny_model

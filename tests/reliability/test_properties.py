@@ -15,12 +15,12 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from steerscreen.config import TOP_FIELDS, build_config
 from steerscreen.corpus import check_corpus_spec
 from steerscreen.errors import SpecError, SteerscreenError
 from steerscreen.models import EMBEDDED, HookPoint, ModelSpec
 from steerscreen.saes.io import _split_scheme, check_sae_spec
 from steerscreen.stats import StatsAccumulator, StatsOptions
-from steerscreen.study.config import TOP_FIELDS, build_config
 from tests.stats.synthetic import accumulate, make_data
 
 # derandomize: CI sees the same examples every run (a property that fails there fails every

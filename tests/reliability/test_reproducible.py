@@ -14,7 +14,7 @@ from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from steerscreen.cli import app
-from steerscreen.runs import RunDir
+from steerscreen.pipeline.runs import RunDir
 from tests.reliability.pipeline import Inputs, build_inputs
 
 runner = CliRunner()

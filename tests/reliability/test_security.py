@@ -253,10 +253,10 @@ def test_the_cli_flag_defaults_off_and_threads_through(monkeypatch, tmp_path: Pa
         captured.append(cfgs)
         raise SpecError("stopped by the test")
 
-    targets = {"train-sae": "steerscreen.saes.training.train_saes",
-               "stats": "steerscreen.stats.stage.run_stats",
-               "steer": "steerscreen.steering.stage.run_steer",
-               "screen": "steerscreen.screening.stage.run_screen"}
+    targets = {"train-sae": "steerscreen.pipeline.train.train_saes",
+               "stats": "steerscreen.pipeline.stats.run_stats",
+               "steer": "steerscreen.pipeline.steer.run_steer",
+               "screen": "steerscreen.pipeline.screen.run_screen"}
     monkeypatch.setattr(targets[command], stop if command != "screen" else
                         (lambda _p, cfg, *a, **k: stop(cfg)))
     sae = make_sae(tmp_path / "sae")
@@ -275,7 +275,7 @@ def test_the_cli_flag_defaults_off_and_threads_through(monkeypatch, tmp_path: Pa
 
 
 def test_the_study_config_keeps_it_off_unless_set() -> None:
-    from steerscreen.study.config import build_config
+    from steerscreen.config import build_config
 
     assert build_config({}, "quick").trust_remote_code is False
     assert "trust_remote_code" not in build_config({}, "quick").record()

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from steerscreen.cli import app
 from steerscreen.errors import SteerscreenError
+from steerscreen.pipeline.compare import compare
+from steerscreen.pipeline.runs import RunDir
 from steerscreen.report import write_report
 from steerscreen.report.load import LOGIT_TOKENS
 from steerscreen.report.sections import RUN_SECTIONS
-from steerscreen.runs import RunDir
-from steerscreen.screening.transfer import compare
 from tests.report.browser import check_pages
 from tests.screening.test_stage import base, fitted  # noqa: F401  (fixtures)
 

@@ -12,7 +12,8 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from steerscreen.screening.analysis import FitConfig, analyse, verdict_text
+from steerscreen.config import FitConfig
+from steerscreen.screening.analysis import analyse, verdict_text
 from steerscreen.screening.inference import (
     POWER_TARGET,
     benjamini_hochberg,

@@ -10,12 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from steerscreen.cli import app
+from steerscreen.config import FitConfig
 from steerscreen.errors import ArtifactError
-from steerscreen.runs import RunDir
-from steerscreen.screening.analysis import FitConfig
+from steerscreen.pipeline.fit import run_fit
+from steerscreen.pipeline.runs import RunDir
+from steerscreen.pipeline.screen import run_screen
+from steerscreen.pipeline.stats import StatsConfig
 from steerscreen.screening.predictor import Predictor
-from steerscreen.screening.stage import run_fit, run_screen
-from steerscreen.stats.stage import StatsConfig
 from tests.screening.intervals import interval_violations
 from tests.steering.test_stage import base, fresh_run, steer  # noqa: F401  (fixture)
 
@@ -90,7 +91,7 @@ def test_fit_needs_a_steer_stage(tmp_path) -> None:
 def test_compare_transfers_between_runs(fitted, tmp_path) -> None:
     import shutil
 
-    from steerscreen.screening.transfer import compare
+    from steerscreen.pipeline.compare import compare
 
     other = tmp_path / "other"
     shutil.copytree(fitted["out"], other)
@@ -106,7 +107,7 @@ def test_compare_transfers_between_runs(fitted, tmp_path) -> None:
 
 
 def test_fit_closing_lines_state_power(fitted) -> None:
-    from steerscreen.screening.stage import fit_lines
+    from steerscreen.pipeline.fit import fit_lines
 
     out = " ".join(fit_lines(fitted["res"].summary))
     assert "n = 24" in out and "underpowered (n = 24: detectable Δρ ≥" in out

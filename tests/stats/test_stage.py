@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 from steerscreen.cli import app
 from steerscreen.corpus import DEFAULT_SPLITS, load_corpus, make_contexts, split_documents
 from steerscreen.errors import SteerscreenError
-from steerscreen.runs import RunDir
+from steerscreen.pipeline.runs import RunDir
+from steerscreen.pipeline.stats import FEATURE_LOGIT_TOKENS, StatsConfig, run_stats
 from steerscreen.saes import load_sae, save_sae
 from steerscreen.stats import COLUMNS
-from steerscreen.stats.stage import FEATURE_LOGIT_TOKENS, StatsConfig, run_stats
 from tests.tiny_models import D, tiny_model
 
 with warnings.catch_warnings():
@@ -367,7 +367,7 @@ runner = CliRunner()
 
 @pytest.fixture()
 def cli_model(setup, monkeypatch):
-    monkeypatch.setattr("steerscreen.stats.stage.load_model",
+    monkeypatch.setattr("steerscreen.pipeline.stats.load_model",
                         lambda spec, device="cpu", dtype="float32", **_kw: setup["model"])
     return setup
 

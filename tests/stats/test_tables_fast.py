@@ -18,8 +18,7 @@ from steerscreen.stats import StatsOptions, activation
 from steerscreen.stats.activation import grouped_counts, top_by_count
 from steerscreen.stats.coactivation import coactivation_columns
 from steerscreen.stats.logits import LogitColumns, logit_columns
-from steerscreen.stats.stage import decode_rows
-from steerscreen.stats.table import logit_token_table
+from steerscreen.stats.table import decode_rows, logit_token_table
 from tests.stats.synthetic import accumulate, make_data
 
 

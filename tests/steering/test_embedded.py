@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from steerscreen.models import load_model
-from steerscreen.runs import RunDir
+from steerscreen.pipeline.runs import RunDir
+from steerscreen.pipeline.stats import StatsConfig, run_stats
+from steerscreen.pipeline.steer import SteerConfig, run_steer
 from steerscreen.saes import load_sae, save_sae
-from steerscreen.stats.stage import StatsConfig, run_stats
 from steerscreen.steering import OUTCOME_COLUMNS
-from steerscreen.steering.stage import SteerConfig, run_steer
 from tests.steering.naive import naive_outcomes
 
 pytestmark = pytest.mark.slow

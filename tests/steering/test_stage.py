@@ -17,12 +17,14 @@ from typer.testing import CliRunner
 
 from steerscreen.cli import app
 from steerscreen.errors import SteerscreenError
-from steerscreen.runs import RunDir
+from steerscreen.layout import STEER_SHARDS
+from steerscreen.pipeline import shards
+from steerscreen.pipeline import steer as stage_mod
+from steerscreen.pipeline.runs import RunDir
+from steerscreen.pipeline.stats import StatsConfig, run_stats
+from steerscreen.pipeline.steer import SteerConfig, run_steer
 from steerscreen.saes import load_sae
-from steerscreen.stats.stage import StatsConfig, run_stats
-from steerscreen.steering import OUTCOME_COLUMNS, shards
-from steerscreen.steering import stage as stage_mod
-from steerscreen.steering.stage import SteerConfig, run_steer
+from steerscreen.steering import OUTCOME_COLUMNS
 from tests.stats.test_stage import CONTEXT_LEN, HOOK, make_corpus, make_sae
 from tests.steering.naive import naive_outcomes
 from tests.tiny_models import tiny_model
@@ -95,7 +97,7 @@ def test_tables_have_every_row_and_column(base, fixed) -> None:
     assert len(g) == 9
     dose = pl.read_parquet(fixed["out"] / stage_mod.DOSE_STATS)
     assert dose["feature"].to_list() == list(range(base["sae"].d_sae))
-    assert dose["strength"].unique().to_list() == [0.0]  # the first strength
+    assert dose["strength"].unique().to_list() == [0.6]  # the first positive strength, not s = 0
     m = json.loads((fixed["out"] / RunDir.MANIFEST).read_text())
     assert m["stages"]["steer"]["outputs"][stage_mod.DOSE_STATS]["sha256"]
 
@@ -182,7 +184,7 @@ def test_interrupted_run_resumes_without_recomputing(base, fixed, monkeypatch) -
     monkeypatch.setattr(shards, "write_shard", real)
     assert RunDir(out).stage("steer")["status"] == "running"
     assert len(RunDir(out).stage("steer")["shards"]) == 2  # the third was never recorded
-    done = pl.concat([pl.read_parquet(p) for p in (out / stage_mod.SHARDS).glob("*.parquet")])
+    done = pl.concat([pl.read_parquet(p) for p in (out / STEER_SHARDS).glob("*.parquet")])
     assert done.height == 6  # 3 shards of 2 directions survived
     res = steer(base, out, strengths=[0.0, 0.6])
     assert res.computed_directions == 24 - 6
@@ -192,7 +194,7 @@ def test_interrupted_run_resumes_without_recomputing(base, fixed, monkeypatch) -
         ["feature", "strength", "context_set"]).rows()
     for col in OUTCOME_COLUMNS:
         np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy(), err_msg=col)
-    assert not (out / stage_mod.SHARDS).exists()
+    assert not (out / STEER_SHARDS).exists()
     # A complete stage is skipped on a rerun.
     assert steer(base, out, strengths=[0.0, 0.6]).skipped
 

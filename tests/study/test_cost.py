@@ -11,10 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from steerscreen.cli import app
+from steerscreen.config import build_config, load_config
 from steerscreen.errors import SpecError
-from steerscreen.study import load_config
-from steerscreen.study.config import build_config
-from steerscreen.study.cost import (
+from steerscreen.pipeline.cost import (
     DEVICES,
     H200_RUN,
     StageCost,
@@ -25,7 +24,7 @@ from steerscreen.study.cost import (
     table_work,
     time_stage,
 )
-from steerscreen.study.sizes import KNOWN_MODELS, ModelDims, model_dims, sae_width
+from steerscreen.pipeline.sizes import KNOWN_MODELS, ModelDims, model_dims, sae_width
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
 TINY = ModelDims("tiny", 2, 8, 32, 10, 2, 2, 4, False, True, "test")
@@ -76,7 +75,7 @@ def test_built_in_shapes_give_the_published_parameter_counts() -> None:
     ("saelens:gpt2-small-res-jb/blocks.6.hook_resid_pre", 24576),
 ])
 def test_sae_widths_from_release_names(spec: str, width: int) -> None:
-    from steerscreen.study.config import SAEEntry
+    from steerscreen.config import SAEEntry
 
     assert sae_width(SAEEntry("x", spec=spec), 4096)[0] == width
 

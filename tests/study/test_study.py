@@ -12,9 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from steerscreen.cli import app
+from steerscreen.config import PRESETS
 from steerscreen.errors import ArtifactError, SpecError
-from steerscreen.study import load_config, make_plan, run_study
-from steerscreen.study.config import PRESETS, build_config
+from steerscreen.pipeline.plan import make_plan
+from steerscreen.pipeline.study import build_config, load_config, run_study
 from tests.stats.test_stage import make_corpus
 from tests.tiny_models import tiny_model
 
@@ -83,7 +84,7 @@ def test_config_files_parse_toml_and_yaml(tmp_path: Path) -> None:
     yaml.write_text("name: t\npreset: quick\nsteer:\n  strengths: [0.25, 0.5]\n")
     a, b = load_config(toml), load_config(yaml)
     assert a.record() == b.record()
-    assert a.steer["strengths"] == [0.25, 0.5] and a.preset == "quick"
+    assert a.steer.strengths == [0.25, 0.5] and a.preset == "quick"
     assert load_config(toml, "default").preset == "default"  # --preset wins
     bad = tmp_path / "bad.toml"
     bad.write_text("name = \n")
@@ -198,11 +199,11 @@ def test_another_config_in_the_same_folder_is_refused(study) -> None:
 
 
 def test_docs_match_the_config_classes() -> None:
-    from steerscreen.study.docs import markdown
+    from steerscreen.pipeline.docs import markdown
 
     doc = Path(__file__).parents[2] / "docs" / "study.md"
     assert doc.read_text(encoding="utf-8") == markdown(), (
-        "docs/study.md is stale: run `python -m steerscreen.study.docs --write docs/study.md`")
+        "docs/study.md is stale: run `python -m steerscreen.pipeline.docs --write docs/study.md`")
     for line in markdown().splitlines():
         if (line.startswith("| `") and line.replace("\\|", "").count("|") != 5
                 and "configs/" not in line):

@@ -19,7 +19,6 @@ Shapes use name suffixes: B batch, T positions, D model width, V vocabulary.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -28,10 +27,12 @@ import torch
 from torch import nn
 
 from steerscreen.errors import NumericsError, SpecError
+from steerscreen.specs import HOOK_KINDS as SPEC_HOOK_KINDS
+from steerscreen.specs import parse_hook
 
 HookKind = Literal["resid_pre", "resid_post", "attn_out", "mlp_out"]
 HOOK_KINDS: tuple[HookKind, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_out")
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)$")
+assert HOOK_KINDS == SPEC_HOOK_KINDS
 
 
 def check_finite(acts: torch.Tensor, hook: str, where: str = "") -> None:
@@ -69,15 +70,7 @@ class HookPoint:
 
     @classmethod
     def parse(cls, name: str, n_layers: int | None = None) -> HookPoint:
-        m = _HOOK_RE.match(name.strip())
-        if m is None:
-            raise SpecError(
-                f"hook name {name!r} is not a supported hook point",
-                "write it as TransformerLens does: blocks.L.hook_resid_pre, "
-                "blocks.L.hook_resid_post, blocks.L.hook_attn_out or blocks.L.hook_mlp_out "
-                "(e.g. blocks.12.hook_resid_post)",
-            )
-        hp = cls(int(m.group(1)), m.group(2))  # type: ignore[arg-type]
+        hp = cls(*parse_hook(name))  # type: ignore[arg-type]
         if n_layers is not None and hp.layer >= n_layers:
             raise SpecError(
                 f"hook {name!r} names layer {hp.layer}, but the model has {n_layers} layers "

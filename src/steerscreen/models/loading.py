@@ -23,13 +23,14 @@ from typing import Literal
 
 import torch
 
+from steerscreen import specs
+from steerscreen.config.stages import DEFAULT_MODEL
 from steerscreen.errors import ArtifactError, OfflineError, SpecError
 from steerscreen.files import atomic_dir, cache_dir, sha256_file, write_json
 from steerscreen.hub import hub_offline, is_network_error
 from steerscreen.models.hooks import HookedModel
 
-DEFAULT_MODEL = "embedded:smollm2-135m"
-SCHEMES = ("embedded", "hf", "gguf", "local")
+SCHEMES = specs.names("model")  # ("embedded", "hf", "gguf", "local")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -69,8 +70,9 @@ class ModelSpec:
     @classmethod
     def parse(cls, spec: str) -> ModelSpec:
         spec = spec.strip()
-        scheme, sep, rest = spec.partition(":")
-        if not sep or scheme not in SCHEMES:
+        parsed = specs.parse("model", spec)
+        scheme, rest = parsed.scheme, parsed.rest
+        if scheme is None:
             if Path(spec).is_dir():
                 return cls(spec, "local", spec, _folder_name(Path(spec)))
             if spec.endswith(".gguf") and Path(spec).is_file():

@@ -13,17 +13,14 @@ from pathlib import Path
 from typing import Literal
 
 from steerscreen import __version__
-from steerscreen.files import atomic_path
+from steerscreen.files import atomic_path, utc_now
+from steerscreen.layout import FIGURES, REPORT
+from steerscreen.layout import REPORT_SUMMARY as SUMMARY
 from steerscreen.report.html import Safe, join, page, tag
 from steerscreen.report.load import RunData, StudyData, load
 from steerscreen.report.sections import Plot, Section, run_sections
 from steerscreen.report.study import study_sections
 from steerscreen.report.summary import run_summary, study_summary
-from steerscreen.runs import utc_now
-
-REPORT = "report.html"
-SUMMARY = "summary.md"
-FIGURES = "figures"
 
 
 @dataclass(frozen=True)

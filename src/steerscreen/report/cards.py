@@ -4,7 +4,7 @@ A card shows what a feature reads (its top activating contexts, the firing token
 what it writes (its top direct-logit tokens, when the stats stage recorded them), and how it
 steered: measured outcomes on the primary context set next to the fit's out-of-fold
 predictions. Measured cleanliness is taken from the fit when it ran, else computed the same way
-(METHOD §3: z(effect_stability) - z(collateral_spread) over the feature rows of one SAE).
+(docs/method.md §3: z(effect_stability) - z(collateral_spread) over the feature rows of one SAE).
 """
 
 from __future__ import annotations

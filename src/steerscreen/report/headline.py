@@ -1,8 +1,8 @@
 """The headline numbers of one run, pulled out once for the HTML page and ``summary.md``.
 
-Per outcome: the fit's verdict, and the numbers it rests on (METHOD §4): delta rho of ``full``
-over the best baseline set and the residual rho after the baselines are regressed out inside
-the folds, each with its CI, its Holm-adjusted p (a verdict needs a positive estimate with
+Per outcome: the fit's verdict, and the numbers it rests on (docs/method.md §4): delta rho of
+``full`` over the best baseline set and the residual rho after the baselines are regressed out
+inside the folds, each with its CI, its Holm-adjusted p (a verdict needs a positive estimate with
 p_holm < 0.05) and the smallest effect it could detect at 80% power; and the held-out payoff of
 the top share by predicted cleanliness, scored on the fresh contexts, vs random selection and vs
 the ``freq+mag`` selection.
@@ -19,7 +19,7 @@ import polars as pl
 from steerscreen.report.load import RunData
 
 OUTCOMES = ("cleanliness", "effect_stability", "collateral_spread")
-"""The outcomes the fit predicts, cleanliness (METHOD's score) first."""
+"""The outcomes the fit predicts, cleanliness (the method's score) first."""
 SIDE_OUTCOMES = ("effect_kl", "target_gain", "collateral_out")
 LABELS = {"cleanliness": "cleanliness", "effect_stability": "effect stability",
           "collateral_spread": "collateral spread", "effect_kl": "effect KL (nats)",

@@ -1,4 +1,4 @@
-"""Read a RUN folder or a STUDY folder (METHOD §5) into the dataclasses the report renders.
+"""Read a RUN folder or a STUDY folder (docs/method.md §5) into the dataclasses the report renders.
 
 A run's tables are optional: each is ``None`` until the stage that writes it has run, and the
 report says which command produces it. A table that exists but cannot be read raises an
@@ -23,14 +23,20 @@ import polars as pl
 
 from steerscreen.errors import ArtifactError, SteerscreenError
 from steerscreen.files import user_path
-from steerscreen.runs import RunDir, analysed_strength
-
-# File names of other stages, spelt out: importing those stages would pull in torch (seconds).
-DOSE_STATS = "feature_dose_stats.parquet"
-SCREENING = RunDir.SCREENING
-STUDY_FILE = "study.json"
-LOGIT_TOKENS = "feature_logit_tokens.parquet"
-COMPARISON = "comparison"
+from steerscreen.layout import (
+    COMPARISON,
+    PER_RUN,
+    RUNS,
+    SCREENING,
+    STUDY_FILE,
+    SUMMARY,
+    TRANSFER,
+    analysed_strength,
+    screening_file,
+)
+from steerscreen.layout import FEATURE_DOSE_STATS as DOSE_STATS
+from steerscreen.layout import FEATURE_LOGIT_TOKENS as LOGIT_TOKENS
+from steerscreen.layout import RunLayout as RunDir
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class RunData:
 
     @property
     def primary_set(self) -> str:
-        """Fresh contexts when the run has them (METHOD's primary endpoint)."""
+        """Fresh contexts when the run has them (the primary endpoint, docs/method.md §4)."""
         if self.summary is not None and self.summary.get("primary_context_set"):
             return str(self.summary["primary_context_set"])
         if self.outcomes is not None and "fresh" in set(self.outcomes["context_set"].to_list()):
@@ -148,7 +154,7 @@ def is_study(path: Path) -> bool:
 
 
 def _scan(path: Path) -> list[Path]:
-    runs = path / "runs"
+    runs = path / RUNS
     return sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
 
 
@@ -177,11 +183,11 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         name=name or run.path.resolve().name, path=run.path, manifest=run.read_manifest(),
         stats=_table(run, RunDir.FEATURE_STATS), dose_stats=_table(run, DOSE_STATS),
         logit_tokens=_table(run, LOGIT_TOKENS), outcomes=_table(run, RunDir.STEERING_OUTCOMES),
-        summary=_json(screening / "summary.json"),
-        cv=_table(run, f"{SCREENING}/cv_metrics.parquet"),
-        comparisons=_table(run, f"{SCREENING}/comparisons.parquet"),
-        heldout=_table(run, f"{SCREENING}/heldout.parquet"),
-        predictions=_table(run, f"{SCREENING}/predictions.parquet"))
+        summary=_json(screening / SUMMARY),
+        cv=_table(run, screening_file("cv_metrics")),
+        comparisons=_table(run, screening_file("comparisons")),
+        heldout=_table(run, screening_file("heldout")),
+        predictions=_table(run, screening_file("predictions")))
 
 
 def _table(run: RunDir, name: str) -> pl.DataFrame | None:
@@ -216,7 +222,7 @@ def load_study(path: str | Path) -> StudyData:
             raise ArtifactError(f"entry {i} of {str(root / STUDY_FILE)!r} is not an object "
                                 "of strings (path, name, arch, hook)",
                                 "rewrite the study with `steerscreen run`")
-        rel = e.get("path") or f"runs/{e.get('name', i)}"
+        rel = e.get("path") or f"{RUNS}/{e.get('name', i)}"
         run_path = Path(rel) if Path(rel).is_absolute() else root / rel
         name = str(e.get("name") or Path(rel).name)
         data = load_run(run_path, name) if is_run(run_path) else None
@@ -229,8 +235,8 @@ def load_study(path: str | Path) -> StudyData:
             hook=e.get("hook") or (data.manifest.get("hook") if data else None),
             roles=tuple(e.get("roles") or ()), data=data))
     cmp_dir = RunDir(root / COMPARISON)
-    transfer = _table(cmp_dir, "transfer.parquet")
-    per_run = _table(cmp_dir, "runs.parquet")
+    transfer = _table(cmp_dir, TRANSFER)
+    per_run = _table(cmp_dir, PER_RUN)
     names = _name_map(root, runs, [*(transfer["train"].to_list() if transfer is not None else []),
                                    *(transfer["test"].to_list() if transfer is not None else []),
                                    *(per_run["run"].to_list() if per_run is not None else [])])

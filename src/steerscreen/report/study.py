@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from steerscreen.layout import headline_row
 from steerscreen.report import figures
 from steerscreen.report.headline import LABELS, OUTCOMES
 from steerscreen.report.html import Safe, badge, ci, code, kv_table, missing, note, num, table, tag
@@ -95,12 +96,7 @@ def per_run_rows(study: StudyData) -> list[dict[str, Any]]:
                                "roles": r.roles, "n": _n_steered(r)}
         s = r.data.summary if r.data is not None else None
         if s is not None:
-            p = s.get("primary_endpoint", {})
-            row |= {"rho_full": p.get("rho_full"), "rho_freq_mag": p.get("rho_baseline"),
-                    "delta_rho": p.get("delta_rho"), "delta_lo": p.get("delta_lo"),
-                    "delta_hi": p.get("delta_hi"), "n_fit": p.get("n"),
-                    "detectable_delta_rho": p.get("mde"), "primary_verdict": p.get("verdict")}
-            row |= {f"verdict_{k}": v for k, v in s.get("verdicts", {}).items()}
+            row |= headline_row(s)
         elif r.name in table_rows:
             row |= {k: v for k, v in table_rows[r.name].items() if k != "run"}
         out.append(row)

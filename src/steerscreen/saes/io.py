@@ -25,7 +25,6 @@ import difflib
 import functools
 import hashlib
 import json
-import re
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from steerscreen import specs
 from steerscreen.errors import ArtifactError, OfflineError, SpecError
 from steerscreen.files import atomic_dir, cache_dir, sha256_file, user_path, write_json
 from steerscreen.hub import hub_offline, is_network_error, offline_mode
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # sae_lens takes ~10 s to import; keep `import steerscreen.sa
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
-SCHEMES = ("local", "saelens", "hf")
+SCHEMES = specs.names("sae")  # ("local", "saelens", "hf")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
 
@@ -54,7 +54,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 _CENTRED_RELEASE_PREFIXES = ("gpt2-small-res-jb",)
 # Tensors whose leading/trailing axis is the feature axis, for "first bad feature" messages.
 _FEATURE_AXIS = {"W_enc": 1, "W_dec": 0, "b_enc": 0, "threshold": 0}
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):(.*)$", re.S)  # 2+ chars: not "C:\"
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,10 +134,12 @@ def load_sae(spec: str, device: str = "cpu", dtype: str = "float32") -> LoadedSA
 
 
 def _split_scheme(spec: str) -> tuple[str | None, str]:
-    m = _SCHEME_RE.match(spec)
-    if m is None:
-        return None, spec
-    return m.group(1).lower(), m.group(2)
+    """(scheme, rest) of an SAE spec: scheme None for a bare path; an unregistered scheme-like
+    prefix (``s3:...``) comes back as the scheme, for the callers to refuse."""
+    parsed = specs.parse("sae", spec)
+    if parsed.unknown_scheme is not None:
+        return parsed.unknown_scheme, spec.partition(":")[2]
+    return parsed.scheme, parsed.rest
 
 
 def _resolve_local(rest: str, spec: str) -> Path:

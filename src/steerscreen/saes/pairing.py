@@ -2,7 +2,7 @@
 
 :func:`validate_pairing` checks an SAE against a model (width, layer count, the model it was
 trained on) and a hook before any compute; it takes loaded objects or, before anything loads,
-the SAE's cfg.json header and the model's config shape (``steerscreen.preflight``); and
+the SAE's cfg.json header and the model's config shape (``steerscreen.pipeline.checks``); and
 :func:`canonical_model_name` is the key under which two spellings of one model's name agree.
 Only names and shapes are compared here: how the SAE's input is prepared (``SAEInput``) is
 ``steerscreen.saes.io``'s business.

@@ -7,139 +7,27 @@ trains on those same activations. Inputs are scaled to norm sqrt(d_in) during tr
 (``expected_average_only_in``) and the scale is folded into the saved weights, so saved SAEs work
 on raw residuals.
 
-A trained SAE is cached in the user cache keyed by its full config (model, hook, corpus hash,
-architecture, every hyperparameter, versions): a second identical request is instant.
-Evaluation is on held-out documents: explained variance, mean L0, dead fraction.
+Evaluation is on held-out documents: explained variance, mean L0, dead fraction. The job around
+these (one activation pass for many SAEs, the cache keyed by the full config, output folders)
+is ``steerscreen.pipeline.train``; the config is :class:`steerscreen.config.TrainConfig`.
 """
 
 from __future__ import annotations
 
-import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Literal
 
 import torch
 
-from steerscreen import __version__, preflight
-from steerscreen.corpus import Contexts, load_corpus, make_contexts, split_documents
-from steerscreen.errors import SpecError, check_seed
-from steerscreen.files import atomic_dir, cache_dir, sha256_json, write_json
-from steerscreen.models import DEFAULT_MODEL, HookedModel, HookPoint, ModelSpec, load_model
+from steerscreen.config import TrainConfig
+from steerscreen.corpus import Contexts
+from steerscreen.files import cache_dir
+from steerscreen.models import HookedModel
 from steerscreen.models.hooks import check_finite
-from steerscreen.saes.io import load_sae, save_sae
 
-Arch = Literal["topk", "relu", "jumprelu"]
 SPLITS = {"train": 0.9, "heldout": 0.1}  # documents: training vs held-out evaluation
-ARCHS: tuple[Arch, ...] = ("topk", "relu", "jumprelu")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a trained SAE (the cache key) plus where to put it."""
-
-    model: str = DEFAULT_MODEL
-    """Model spec (see ``steerscreen.models.load_model``)."""
-    hook: str = "blocks.12.hook_resid_post"
-    """Hook point the SAE reads (TransformerLens name)."""
-    arch: Arch = "topk"
-    """SAE architecture: topk, relu (standard, L1) or jumprelu."""
-    width: int = 4096
-    """Number of features (d_sae)."""
-    k: int = 32
-    """TopK: active features per token."""
-    l1_coefficient: float = 4.0
-    """ReLU: L1 penalty weight (on activations scaled to norm sqrt(d_in))."""
-    target_l0: float = 40.0
-    """JumpReLU: the L0 its quadratic sparsity loss pulls towards (Gemma Scope 2's loss)."""
-    l0_coefficient: float = 5.0
-    """JumpReLU: weight of that sparsity loss."""
-    jumprelu_loss: Literal["quadratic", "tanh", "step"] = "quadratic"
-    """JumpReLU sparsity loss: quadratic around target_l0 (Gemma Scope 2), tanh (Anthropic) or
-    step (plain L0, DeepMind)."""
-    jumprelu_ste_to_input: bool = False
-    """JumpReLU: let the sparsity gradient reach the encoder, not only the thresholds."""
-    jumprelu_bandwidth: float = 0.1
-    """JumpReLU: bandwidth of the straight-through threshold gradient's kernel."""
-    jumprelu_warmup: float = 0.25
-    """JumpReLU: share of training over which the sparsity loss ramps up from 0 (a full-strength
-    quadratic loss at the dense start kills most features at once)."""
-    pre_act_loss_coefficient: float | None = None
-    """JumpReLU: weight of Anthropic's pre-activation loss (None = off)."""
-    tokens: int = 200_000
-    """Training tokens (positions >= 1 of contexts from the training documents)."""
-    corpus: str = "embedded"
-    """Corpus spec (see ``steerscreen.corpus.load_corpus``)."""
-    context_len: int = 128
-    """Tokens per training context, BOS included (BOS positions are not trained on)."""
-    epochs: int = 4
-    """Passes over the training tokens."""
-    batch_size: int = 1024
-    """Tokens per optimiser step."""
-    lr: float | None = None
-    """Peak learning rate; default 1e-3, and 3e-3 for JumpReLU (its thresholds move ~lr per
-    step, so 1e-3 is too slow for a short budget)."""
-    heldout_tokens: int = 20_000
-    """Tokens from held-out documents for the evaluation."""
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    trust_remote_code: bool = False
-    """Run Python code shipped with a hub model (transformers' trust_remote_code); off unless
-    asked for. Not part of the cache key: it decides whether a model loads, not what it is."""
-
-    def __post_init__(self) -> None:
-        check_seed(self.seed)
-        if self.lr is None:
-            self.lr = 3e-3 if self.arch == "jumprelu" else 1e-3
-        if self.arch not in ARCHS:
-            raise SpecError(f"unknown SAE architecture {self.arch!r}",
-                            f"use one of {', '.join(ARCHS)}")
-        for name in ("width", "k", "tokens", "context_len", "epochs", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise SpecError(f"{name} must be positive, got {getattr(self, name)}",
-                                f"pass a positive --{name.replace('_', '-')}")
-        HookPoint.parse(self.hook)  # fail in a second, before any model is loaded
-        ModelSpec.parse(self.model)
-        if self.arch == "topk" and self.k >= self.width:
-            raise SpecError(f"k={self.k} must be smaller than width={self.width}", "lower --k")
-        for name in ("lr", "l1_coefficient", "l0_coefficient"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):  # NaN passes every comparison: ask for finite
-                raise SpecError(f"{name} must be a positive number, got {v}",
-                                f"pass a positive --{name.replace('_', '-')}")
-        if self.arch == "jumprelu" and not 0 < self.target_l0 < self.width:
-            raise SpecError(f"target_l0={self.target_l0} must lie between 0 and width="
-                            f"{self.width}", "lower --target-l0 or raise --width")
-
-    def key(self, corpus_sha: str) -> str:
-        import sae_lens
-
-        cfg = {k: v for k, v in asdict(self).items()
-               if k not in ("device", "trust_remote_code")}
-        return sha256_json({**cfg, "corpus_sha": corpus_sha, "steerscreen": __version__,
-                            "sae_lens": sae_lens.__version__})[:20]
-
-
-@dataclass
-class TrainSummary:
-    """The saved record of one training run (``training_summary.json``)."""
-
-    config: dict
-    explained_variance: float
-    mean_l0: float
-    dead_fraction: float
-    heldout_tokens: int
-    train_tokens: int
-    train_seconds: float
-    collect_seconds: float
-    cache_key: str
-    sae_path: str
-    cached: bool = False
-    versions: dict = field(default_factory=dict)
 
 
 # --- activation stream ----------------------------------------------------------------------
@@ -263,7 +151,7 @@ def fit_sae(cfg: TrainConfig, acts: torch.Tensor, model_name: str, hook: str):
     trained.cfg.metadata.context_size = cfg.context_len
     trained.cfg.metadata.prepend_bos = True
     # The trainer folds the input scale into the weights; reload as an inference SAE.
-    tmp = cache_dir("tmp") / f"fit-{cfg.key('')}-{time.time_ns()}"
+    tmp = cache_dir("tmp") / f"fit-{cfg.arch}-{cfg.width}-{os.getpid()}-{time.time_ns()}"
     try:
         trained.save_inference_model(tmp)
         return SAE.load_from_disk(str(tmp), device=cfg.device).eval()
@@ -271,120 +159,4 @@ def fit_sae(cfg: TrainConfig, acts: torch.Tensor, model_name: str, hook: str):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# --- the train-sae job ----------------------------------------------------------------------
-def train_saes(
-    configs: list[TrainConfig],
-    out: str | Path | None = None,
-    model: HookedModel | None = None,
-    log: Callable[[str], None] = print,
-) -> list[TrainSummary]:
-    """Train every config, sharing one activation pass per (model, corpus, tokens, context_len).
-
-    Each SAE lands in the cache (``$STEERSCREEN_CACHE/saes/KEY``) and, when ``out`` is given, in
-    ``out`` (one config) or ``out/<arch>-<width>-L<layer>`` (several).
-    """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    if not configs:
-        return []
-    base = configs[0]
-    shared = ("model", "corpus", "tokens", "context_len", "heldout_tokens", "seed", "device",
-              "dtype")
-    for c in configs[1:]:
-        if any(getattr(c, f) != getattr(base, f) for f in shared):
-            raise SpecError("configs trained together must share model, corpus, tokens, "
-                            "context_len, heldout_tokens, seed, device and dtype",
-                            "train them in separate calls")
-    preflight.check_train(configs, out, model=model)  # before the corpus or model loads
-    corpus = load_corpus(base.corpus)
-    preflight.check_train_corpus(base, corpus)
-    keys = [c.key(corpus.sha256) for c in configs]
-    summaries: list[TrainSummary | None] = [_cached(k) for k in keys]
-    todo = [i for i, s in enumerate(summaries) if s is None]
-    if todo:
-        model = model or load_model(base.model, base.device, base.dtype,
-                                    trust_remote_code=base.trust_remote_code)
-        hooks = sorted({model.hook_point(configs[i].hook).name for i in todo})
-        splits = split_documents(len(corpus.documents), SPLITS, base.seed)
-        tr_docs = [corpus.documents[j] for j in splits["train"]]
-        ho_docs = [corpus.documents[j] for j in splits["heldout"]]
-        per_ctx = base.context_len - 1
-        train_ctx = make_contexts(tr_docs, model.tokenize, model.bos_id, base.context_len,
-                                  n_contexts=-(-base.tokens // per_ctx))
-        ho_ctx = make_contexts(ho_docs, model.tokenize, model.bos_id, base.context_len,
-                               n_contexts=-(-base.heldout_tokens // per_ctx))
-        t0 = time.perf_counter()
-        with Progress(TextColumn("[bold]collecting activations"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total} contexts"),
-                      TimeRemainingColumn()) as bar:
-            task = bar.add_task("collect", total=len(train_ctx) + len(ho_ctx))
-            adv = lambda n: bar.advance(task, n)  # noqa: E731
-            train_acts = collect_activations(model, train_ctx, hooks, progress=adv)
-            ho_acts = collect_activations(model, ho_ctx, hooks, progress=adv)
-        collect_s = time.perf_counter() - t0
-        for i in todo:
-            c, hook = configs[i], model.hook_point(configs[i].hook).name
-            acts = train_acts[hook][: c.tokens]
-            log(f"training {c.arch} SAE, width {c.width}, at {hook} on {len(acts):,} tokens "
-                f"x {c.epochs} epochs")
-            t1 = time.perf_counter()
-            sae = fit_sae(c, acts, model.name, hook)
-            train_s = time.perf_counter() - t1
-            metrics = evaluate_sae(sae, ho_acts[hook])
-            summaries[i] = _store(c, keys[i], sae, metrics, len(ho_acts[hook]), len(acts),
-                                  train_s, collect_s)
-    result = [s for s in summaries if s is not None]
-    if out is not None:
-        for c, s in zip(configs, result, strict=True):
-            dest = Path(out) if len(configs) == 1 else Path(out) / (
-                f"{c.arch}-{c.width}-L{HookPoint.parse(c.hook).layer}")
-            with atomic_dir(dest) as tmp:
-                shutil.copytree(s.sae_path, tmp, dirs_exist_ok=True)
-                s.sae_path = str(dest)
-                write_json(tmp / "training_summary.json", asdict(s))
-    return result
-
-
-def _cached(key: str) -> TrainSummary | None:
-    path = cache_dir("saes") / key / "training_summary.json"
-    if not path.is_file():
-        return None
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-        summary = TrainSummary(**data)
-        load_sae(str(path.parent))  # a corrupt cache entry is retrained, not trusted
-    except Exception:
-        return None
-    summary.cached = True
-    summary.sae_path = str(path.parent)
-    return summary
-
-
-def _store(cfg: TrainConfig, key: str, sae, metrics: dict, n_ho: int, n_train: int,
-           train_s: float, collect_s: float) -> TrainSummary:
-    import sae_lens
-
-    folder = cache_dir("saes") / key
-    summary = TrainSummary(
-        config=asdict(cfg), explained_variance=metrics["explained_variance"],
-        mean_l0=metrics["mean_l0"], dead_fraction=metrics["dead_fraction"], heldout_tokens=n_ho,
-        train_tokens=n_train, train_seconds=train_s, collect_seconds=collect_s, cache_key=key,
-        sae_path=str(folder),
-        versions={"steerscreen": __version__, "sae_lens": sae_lens.__version__,
-                  "torch": torch.__version__},
-    )
-    save_sae(sae, folder, extra_metadata={"steerscreen_training": asdict(cfg)})
-    write_json(folder / "training_summary.json", asdict(summary))
-    return summary
-
-
-def config_variants(archs: list[str], **fields: object) -> list[TrainConfig]:
-    """One config per architecture, sharing every other field (per-architecture defaults, such
-    as JumpReLU's learning rate, are resolved for each)."""
-    return [TrainConfig(arch=a, **fields) for a in archs]  # type: ignore[arg-type]
-
-
-__all__ = ["ARCHS", "TrainConfig", "TrainSummary", "collect_activations", "config_variants",
-           "evaluate_sae", "fit_sae", "train_saes"]
+__all__ = ["SPLITS", "collect_activations", "evaluate_sae", "fit_sae"]

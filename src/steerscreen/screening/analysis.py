@@ -1,4 +1,5 @@
-"""METHOD §4 on one run: cross-validated predictors vs baselines, verdicts, confounds, payoff.
+"""docs/method.md §4 on one run: cross-validated predictors vs baselines, verdicts, confounds,
+payoff.
 
 :func:`analyse` takes a :class:`~steerscreen.screening.data.ScreeningData` and returns an
 :class:`Analysis`: long tables (one row per model x predictor set x outcome x context set, per
@@ -33,10 +34,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from steerscreen.config import FitConfig
 from steerscreen.screening.confounds import partial_spearman, residual_targets, within_deciles
 from steerscreen.screening.cv import CVResult, cross_validate, folds, r2
 from steerscreen.screening.data import OUTCOMES, ScreeningData, predictor_sets
-from steerscreen.screening.fit_config import FitConfig
 from steerscreen.screening.heldout import heldout
 from steerscreen.screening.inference import (
     Estimate,

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from steerscreen.config import FitConfig
 from steerscreen.screening.analysis import SURVIVES, Fits, verdict_family
 from steerscreen.screening.data import OUTCOMES
-from steerscreen.screening.fit_config import FitConfig
 from steerscreen.screening.heldout import heldout
 from steerscreen.screening.predictor import fit_predictor
 from steerscreen.screening.simulate import synthetic_data

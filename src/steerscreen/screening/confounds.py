@@ -1,4 +1,5 @@
-"""The magnitude confound (METHOD §4): does a predictor say more than frequency and magnitude?
+"""The magnitude confound (docs/method.md §4): does a predictor say more than frequency and
+magnitude?
 
 - :func:`partial_spearman`: Spearman of a predictor with an outcome controlling for covariates
   (``base_freq``, ``base_mag``): ranks of both regressed on the covariates' ranks, then the

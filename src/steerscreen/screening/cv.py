@@ -1,4 +1,4 @@
-"""Repeated cross-validation on the same folds for every predictor set (METHOD §4).
+"""Repeated cross-validation on the same folds for every predictor set (docs/method.md §4).
 
 Every feature is one row, so K-fold over rows is grouped by feature. :func:`cross_validate`
 returns the out-of-fold predictions per repeat and one score per test fold: the Spearman rho of

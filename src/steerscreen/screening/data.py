@@ -1,14 +1,15 @@
 """The screening table: one row per steered feature, its predictors and its measured outcomes.
 
-:func:`screening_table` joins ``feature_stats.parquet`` (the predictors, with ``base_pass`` and
-the dose-dependent ``logit_*`` columns taken from ``feature_dose_stats.parquet`` when the steer
-stage wrote it) with ``steering_outcomes.parquet`` at one strength, one column per outcome and
-context set (``effect_stability@fresh`` ...). It also adds METHOD's cleanliness score,
+:func:`screening_data` joins the ``feature_stats`` table (the predictors, with ``base_pass`` and
+the dose-dependent ``logit_*`` columns taken from ``feature_dose_stats`` when the steer stage
+wrote it: :func:`with_dose_stats`) with the ``steering_outcomes`` table at one strength, one
+column per outcome and context set (``effect_stability@fresh`` ...). It also adds the
+cleanliness score,
 ``z(effect_stability) - z(collateral_spread)`` with z over the feature rows of that context set.
 
-Predictor sets (METHOD §4) are named lists of columns (:func:`predictor_sets`): ``freq``, ``mag``,
-``freq+mag``, ``direct``, ``pass``, ``baselines``, ``full``, each group alone (``geom`` ...) and
-``full-GROUP`` for every group.
+Predictor sets (docs/method.md §4) are named lists of columns (:func:`predictor_sets`): ``freq``,
+``mag``, ``freq+mag``, ``direct``, ``pass``, ``baselines``, ``full``, each group alone (``geom``
+...) and ``full-GROUP`` for every group.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ import numpy as np
 import polars as pl
 
 from steerscreen.errors import ArtifactError
-from steerscreen.runs import RunDir, analysed_strength
 from steerscreen.stats.registry import COLUMNS, GROUPS
 
 OUTCOMES = ("effect_stability", "collateral_spread", "cleanliness")
 SIDE_OUTCOMES = ("effect_kl", "target_gain", "collateral_out")
 BASELINES = ("base_freq", "base_mag", "base_direct", "base_pass")
-DOSE_STATS = "feature_dose_stats.parquet"
 _DOSE_COLUMNS = ("base_pass", "logit_entropy", "logit_top10_mass")
 
 
@@ -35,7 +34,8 @@ def predictor_columns(stats: pl.DataFrame) -> list[str]:
 
 
 def predictor_sets(columns: list[str]) -> dict[str, list[str]]:
-    """METHOD §4's named sets over the available predictor ``columns`` (empty sets dropped)."""
+    """docs/method.md §4's named sets over the available predictor ``columns`` (empty sets
+    dropped)."""
     have = set(columns)
 
     def keep(names) -> list[str]:
@@ -86,36 +86,29 @@ class ScreeningData:
 
     @property
     def primary_set(self) -> str:
-        """Fresh contexts when the run has them (METHOD's primary endpoint)."""
+        """Fresh contexts when the run has them (the primary endpoint, docs/method.md §4)."""
         return "fresh" if "fresh" in self.context_sets else self.context_sets[0]
 
 
-def load_stats(run: RunDir) -> pl.DataFrame:
-    """``feature_stats`` with the steer stage's dose-dependent columns swapped in."""
-    stats = run.read_table(RunDir.FEATURE_STATS)
-    if run.file(DOSE_STATS).is_file():
-        dose = run.read_table(DOSE_STATS).select(["feature", *_DOSE_COLUMNS])
-        stats = stats.drop([c for c in _DOSE_COLUMNS if c in stats.columns]).join(
-            dose, on="feature", how="left")
-    return stats
+def with_dose_stats(stats: pl.DataFrame, dose: pl.DataFrame | None) -> pl.DataFrame:
+    """``feature_stats`` with the steer stage's dose-dependent columns (``feature_dose_stats``)
+    swapped in when there are any."""
+    if dose is None:
+        return stats
+    dose = dose.select(["feature", *_DOSE_COLUMNS])
+    return stats.drop([c for c in _DOSE_COLUMNS if c in stats.columns]).join(
+        dose, on="feature", how="left")
 
 
-def screening_table(run: RunDir, strength: float | None = None) -> ScreeningData:
-    """Join the run's predictors and outcomes (``strength``: default the first positive one
-    recorded, which is the calibrated dose when the dose was calibrated)."""
-    outcomes = run.read_table(RunDir.STEERING_OUTCOMES)
+def screening_data(stats: pl.DataFrame, outcomes: pl.DataFrame, strength: float
+                   ) -> ScreeningData:
+    """Join predictors (``stats``, dose columns swapped in) and outcomes at ``strength``: one
+    row per steered feature, one column per outcome and context set."""
     strengths = sorted(set(outcomes["strength"].to_list()))
-    if strength is None:
-        strength = analysed_strength(run.read_manifest().get("strengths", strengths))
-        if strength is None:
-            raise ArtifactError(f"the run was steered only at strength 0 ({strengths}), the "
-                                "exactness check, where every outcome is 0 or NaN",
-                                "steer at a positive strength (or a calibrated dose)")
     if strength not in strengths:
         raise ArtifactError(f"the run has no outcomes at strength {strength} (it has "
                             f"{strengths})", "pass one of the recorded strengths")
     at = outcomes.filter(pl.col("strength") == strength)
-    stats = load_stats(run)
     preds = predictor_columns(stats)
     feats = at.filter(pl.col("direction") == "feature")
     sets = [s for s in ("steering", "fresh") if s in set(feats["context_set"].to_list())]

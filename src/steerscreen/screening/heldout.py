@@ -1,4 +1,5 @@
-"""Held-out screening (METHOD §4): does keeping the features a screen ranks cleanest pay off?
+"""Held-out screening (docs/method.md §4): does keeping the features a screen ranks cleanest pay
+off?
 
 Cross-fitted: a ridge is trained on the **steering-context** cleanliness of the training folds,
 and in every test fold it keeps the top ``top_share`` of features by predicted cleanliness. Those
@@ -16,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from steerscreen.config import FitConfig
 from steerscreen.screening.cv import CVResult, cross_validate
 from steerscreen.screening.data import OUTCOMES, SIDE_OUTCOMES, ScreeningData, predictor_sets
-from steerscreen.screening.fit_config import FitConfig
 from steerscreen.screening.inference import fold_mean
 from steerscreen.screening.models import MODELS
 

@@ -1,5 +1,5 @@
 """One estimator per number: every estimate of the screening analysis with its own interval,
-test and power (METHOD §4).
+test and power (docs/method.md §4).
 
 Two kinds of number, two estimators:
 
@@ -17,8 +17,8 @@ Two kinds of number, two estimators:
 Both give symmetric intervals (on the z scale for correlations) that always contain their
 estimate, and a p-value that is below alpha exactly when the interval excludes 0.
 
-Power (METHOD v2): :attr:`Estimate.mde` is the smallest true effect the same test detects with
-80% power at two-sided alpha = 0.05, ``(q_{1-alpha/2} + q_{0.8}) * se``. A test whose ``mde``
+Power (docs/method.md §4.7): :attr:`Estimate.mde` is the smallest true effect the same test detects
+with 80% power at two-sided alpha = 0.05, ``(q_{1-alpha/2} + q_{0.8}) * se``. A test whose ``mde``
 exceeds :data:`POWER_TARGET` cannot detect the effect sizes the screen is about and is reported
 as underpowered rather than as a negative finding.
 """

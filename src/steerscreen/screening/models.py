@@ -118,13 +118,13 @@ class SplineBaseline(RegressorMixin, BaseEstimator):
 
 
 def ridge(seed: int = 0) -> RidgeLOO:
-    """Standardised ridge (METHOD's primary model)."""
+    """Standardised ridge (the primary model, docs/method.md §4)."""
     del seed  # deterministic
     return RidgeLOO()
 
 
 def boosting(seed: int = 0) -> HistGradientBoostingRegressor:
-    """Gradient boosting (METHOD's secondary model)."""
+    """Gradient boosting (the secondary model, docs/method.md §4)."""
     return HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
                                          min_samples_leaf=10, l2_regularization=1.0,
                                          random_state=seed)

@@ -1,4 +1,4 @@
-"""How reliable and how meaningful the measured outcomes are (METHOD §4, reliability).
+"""How reliable and how meaningful the measured outcomes are (docs/method.md §4, reliability).
 
 - **Noise ceiling**: Spearman of each outcome measured on the steering contexts against the
   same features' outcome on the fresh contexts. No predictor can rank features better than the

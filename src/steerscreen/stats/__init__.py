@@ -1,4 +1,5 @@
-"""Pre-intervention feature statistics (METHOD §1): one streaming pass, mergeable state, columns.
+"""Pre-intervention feature statistics (docs/method.md §1): one streaming pass, mergeable state,
+columns.
 
 - ``registry``: every column's name, group, formula and units (:data:`COLUMNS`).
 - ``accumulators``: :class:`StatsAccumulator` (mergeable streaming state) and its options.

@@ -10,7 +10,7 @@
 - the ``K`` top activating firings per feature with a window of ``W`` token ids ending there;
 - the first two moments of the SAE's input residual (mean and ``D x D`` second moment: the
   principal subspace), the exact list of final-norm scales seen (``sigma_fin`` = median) and the
-  exact list of raw residual norms at the hook (``r`` = median, the dose unit of METHOD §2).
+  exact list of raw residual norms at the hook (``r`` = median, the dose unit of docs/method.md §2).
 
 Position 0 (BOS) is dropped here, so callers pass whole contexts.
 
@@ -96,7 +96,8 @@ class StatsOptions:
     """What the accumulators keep; two accumulators merge only with equal options."""
 
     reservoir_size: int = 200
-    """R: firings sampled per feature for the shape and co-activation statistics (METHOD: 200)."""
+    """R: firings sampled per feature for the shape and co-activation statistics (docs/method.md
+    §1: 200)."""
     coact_size: int | None = None
     """R_co <= R: reservoir slots (the smallest keys) that also keep their co-active set;
     None = R. Smaller saves 4 P bytes per feature and slot."""
@@ -109,6 +110,13 @@ class StatsOptions:
     """W: token ids kept per example, ending at the firing position (-1 before the context)."""
     seed: int = 0
     """Seeds the reservoir keys."""
+
+    @classmethod
+    def of(cls, cfg: Any) -> StatsOptions:
+        """The options a stats config (``steerscreen.config.StatsConfig``) asks for."""
+        return cls(reservoir_size=cfg.reservoir_size, coact_size=cfg.coact_size,
+                   max_partners=cfg.max_partners, n_examples=cfg.n_examples,
+                   example_window=cfg.example_window, seed=cfg.seed)
 
     @property
     def coact_slots(self) -> int:

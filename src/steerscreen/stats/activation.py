@@ -1,4 +1,4 @@
-"""Activation statistics (METHOD §1, ``act_*``) from the reservoir and the firing counts.
+"""Activation statistics (docs/method.md §1, ``act_*``) from the reservoir and the firing counts.
 
 Shape statistics use the reservoir (R firings per feature, a uniform sample) rather than all
 firings so that they do not track frequency; with fewer than R firings they are NaN and

@@ -1,8 +1,8 @@
-"""Baseline columns (METHOD §1): firing frequency and magnitude, from the merged counts.
+"""Baseline columns (docs/method.md §1): firing frequency and magnitude, from the merged counts.
 
 ``base_direct`` needs the unembedding and lives with the other direct-logit work
-(``steerscreen.stats.logits``); ``base_pass`` needs a downstream SAE (METHOD §3) and is not part
-of the stats pass.
+(``steerscreen.stats.logits``); ``base_pass`` needs a downstream SAE (docs/method.md §3) and is not
+part of the stats pass.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Co-activation structure (METHOD §1, ``coact_*``) on the reservoir of firings.
+"""Co-activation structure (docs/method.md §1, ``coact_*``) on the reservoir of firings.
 
 For feature f, ``c_fg`` = number of its reservoir firings (the first ``R_co`` slots, default all
 R) at which feature g also fires. No F x F matrix is built: the (f, g) pairs present in the

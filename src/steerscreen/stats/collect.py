@@ -7,16 +7,16 @@ the final norm, which lies past the hook: only the first ``final_norm_contexts``
 to the end of the model (reading both hooks in one forward), so its cost is bounded.
 
 The raw residual's L2 norm at every position >= 1 is recorded too: its median r is the dose unit
-of METHOD §2 (``alpha = s * r``).
+of docs/method.md §2 (``alpha = s * r``).
 
 Shards. A pass is cut into fixed shards of ``shard_contexts`` contexts (no batch straddles two)
 and the accumulator folds its float64 sums at every shard boundary
 (:meth:`StatsAccumulator.fold`), so the same shards run one per worker and merged in order give
-the same state bit for bit (:mod:`steerscreen.stats.distributed`). ``start`` / ``stop`` select
+the same state bit for bit (:mod:`steerscreen.pipeline.stats_ray`). ``start`` / ``stop`` select
 contexts of the pass (a shard, or the rest after a checkpoint); context i keeps its pass index
 for its id (``ctx_id_offset + i``) and for the final-norm choice. ``into`` continues an existing
 accumulator, and ``after_batch`` sees the state after every batch
-(:mod:`steerscreen.stats.checkpoint` saves it there).
+(:mod:`steerscreen.pipeline.checkpoint` saves it there).
 """
 
 from __future__ import annotations

@@ -74,12 +74,12 @@ def markdown() -> str:
         "`steerscreen.stats.registry.COLUMNS`; do not edit by hand. -->",
         "",
         "`steerscreen stats` writes one row per SAE feature (`feature` = index) to "
-        "`RUN/feature_stats.parquet`, the METHOD §1 pre-intervention predictors, computed in one "
-        "streaming pass over the **stats split** of the corpus (model up to the hook, SAE "
-        "encode). Dead features (no firing on the stats split) keep their row with `dead = "
-        "true` and NaN (null for integer columns) wherever a statistic is undefined. Columns "
-        "marked *no* under *predictor* are identifiers, flags or diagnostics that track "
-        "frequency and must not enter a predictor set.",
+        "`RUN/feature_stats.parquet`, the pre-intervention predictors of docs/method.md §1, "
+        "computed in one streaming pass over the **stats split** of the corpus (model up to "
+        "the hook, SAE encode). Dead features (no firing on the stats split) keep their row "
+        "with `dead = true` and NaN (null for integer columns) wherever a statistic is "
+        "undefined. Columns marked *no* under *predictor* are identifiers, flags or "
+        "diagnostics that track frequency and must not enter a predictor set.",
         "",
         "The `logit_*` columns that depend on the dose use `alpha = s * r`: `s` = `--strength` "
         "(default 0.25), `r` = the median L2 norm of the raw residual at the hook over "

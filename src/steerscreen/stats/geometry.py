@@ -1,4 +1,4 @@
-"""Decoder geometry (METHOD §1, ``geom_*``), blockwise on the decoder's device.
+"""Decoder geometry (docs/method.md §1, ``geom_*``), blockwise on the decoder's device.
 
 Nearest-neighbour cosines are computed in ``block x block`` tiles of ``V V^T`` with a running
 top-k per row, so for F = 131,072 the working memory is ``block^2 + F (k + 1)`` floats (64 MB of

@@ -1,4 +1,4 @@
-"""Direct-logit footprint (METHOD §1, ``logit_*``, and ``base_direct``).
+"""Direct-logit footprint (docs/method.md §1, ``logit_*``, and ``base_direct``).
 
 ``DL_f = W_U^T (gamma * v_f)`` through the adapter's :class:`~steerscreen.models.Unembed`
 (final-norm effective gain, Gemma's ``1 + w`` included; ``v_f`` mean-centred for LayerNorm

@@ -1,8 +1,9 @@
-"""The one registry of per-feature statistic columns (METHOD §1): name, group, formula, units.
+"""The one registry of per-feature statistic columns (docs/method.md §1): name, group, formula,
+units.
 
 ``feature_stats.parquet``, the report and the docs all read :data:`COLUMNS`; a column that is not
 registered here cannot be written (``steerscreen.stats.table`` checks). Column names are a
-contract, so they are spelt exactly as METHOD spells them where METHOD names them.
+contract, so they are spelt exactly as the method (docs/method.md) spells them where it names them.
 
 Notation used in the formulas:
 

@@ -8,13 +8,14 @@ Integer and boolean columns are null where the statistic is undefined; float col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 import torch
 
-from steerscreen.models.hooks import Unembed
+from steerscreen.corpus import Contexts
+from steerscreen.models.hooks import HookedModel, Unembed
 from steerscreen.stats.accumulators import POS_BITS, StatsAccumulator
 from steerscreen.stats.activation import activation_columns, trigger_tokens
 from steerscreen.stats.baselines import baseline_columns
@@ -31,7 +32,8 @@ class TableOptions:
     """Options of the column computations (the accumulator's own live in ``StatsOptions``)."""
 
     alpha: float | None = None
-    """The applied dose (METHOD §2: s * r); None leaves the dose-dependent logit columns NaN."""
+    """The applied dose (docs/method.md §2: s * r); None leaves the dose-dependent logit columns
+    NaN."""
     neighbour_threshold: float = NEIGHBOUR_THRESHOLD
     n_components: int = N_COMPONENTS
     """k of the residual principal subspace for ``geom_pc_share``."""
@@ -150,3 +152,85 @@ def example_windows(acc: StatsAccumulator) -> np.ndarray:
     Each window ends at the firing; positions before the context start hold -1 (a prefix)."""
     f, rank = np.nonzero(np.isfinite(acc.examples.value.cpu().numpy()))
     return acc.examples.window.cpu().numpy()[f, rank]
+
+
+def example_rows(acc: StatsAccumulator, contexts: Contexts, model: HookedModel,
+                 decode: bool = True) -> pl.DataFrame:
+    """The examples table plus each example's whole context and (optionally) decoded text.
+
+    Columns: feature, rank, value, context_id, position, token_ids (the window ending at the
+    firing), context_token_ids (the whole context, BOS first), text (the window decoded) and
+    token (the firing token decoded); text/token are null without a decoding tokenizer.
+    """
+    ex = examples_table(acc)
+    ctx_ids = ex["context_id"].to_numpy()
+    whole = contexts.token_ids[ctx_ids].astype(np.int32)
+    ex = ex.with_columns(pl.Series("context_token_ids", whole).cast(pl.List(pl.Int32)))
+    tok = getattr(model, "tokenizer", None)
+    text: list[str | None] = [None] * ex.height
+    token: list[str | None] = [None] * ex.height
+    if decode and ex.height and callable(getattr(tok, "batch_decode", None)):
+        windows = example_windows(acc)
+        text = decode_rows(tok, windows)
+        token = decode_rows(tok, windows[:, -1:])
+    return ex.with_columns(pl.Series("text", text, dtype=pl.String),
+                           pl.Series("token", token, dtype=pl.String))
+
+
+def decode_rows(tok: Any, ids_NW: np.ndarray) -> list[str]:
+    """``tok.batch_decode`` of each row's token ids (a -1 prefix is padding) -> N strings.
+
+    The same strings as one ``batch_decode`` of every row's ids, faster: each distinct row is
+    decoded once, rows with the same padding in one call. A Hugging Face tokenizer gets a 2-D
+    array through ``decode`` (batched since transformers 5; ``batch_decode`` type-checks every
+    id of a list of lists, ~1 s for 40K windows); any other tokenizer gets ``batch_decode`` of
+    lists.
+    """
+    x = np.ascontiguousarray(ids_NW)
+    if x.shape[0] == 0:
+        return []
+    rows = x.view(np.dtype((np.void, x.itemsize * x.shape[1]))).ravel()
+    uniq_v, inverse = np.unique(rows, return_inverse=True)
+    uniq = uniq_v.view(x.dtype).reshape(-1, x.shape[1])
+    n_pad = (uniq < 0).sum(1)
+    if not np.array_equal(uniq >= 0, np.arange(x.shape[1]) >= n_pad[:, None]):
+        raise ValueError("token rows may only be padded (-1) before their first id")
+    as_array = _is_hf_tokenizer(tok)
+    out = np.empty(uniq.shape[0], dtype=object)
+    for pad in np.unique(n_pad):
+        sel = np.flatnonzero(n_pad == pad)
+        ids = uniq[sel, pad:].astype(np.int64)
+        out[sel] = _hf_decode(tok, ids) if as_array else tok.batch_decode(ids.tolist())
+    return out[inverse.reshape(-1)].tolist()
+
+
+def _hf_decode(tok: Any, ids_NW: np.ndarray) -> list[str]:
+    text = tok.decode(ids_NW)
+    if isinstance(text, list) and len(text) == ids_NW.shape[0]:
+        return text
+    return tok.batch_decode(ids_NW)  # a tokenizer whose decode is not batched
+
+
+def _is_hf_tokenizer(tok: Any) -> bool:
+    try:
+        from transformers import PreTrainedTokenizerBase
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(tok, PreTrainedTokenizerBase)
+
+
+def logit_token_rows(tokens: pl.DataFrame | None, model: HookedModel) -> pl.DataFrame:
+    """``feature_logit_tokens``: the top direct-logit tokens (``steerscreen.stats.table.
+    logit_token_table``) with each token decoded on its own (null without a decoding tokenizer).
+
+    Columns: feature, rank (0 = the largest DL_f entry), token_id, token, dl.
+    """
+    if tokens is None:  # the stage always has an unembedding; this keeps the schema anyway
+        tokens = pl.DataFrame(schema={"feature": pl.Int64, "rank": pl.Int64,
+                                      "token_id": pl.Int64, "dl": pl.Float64})
+    tok = getattr(model, "tokenizer", None)
+    text: list[str | None] = [None] * tokens.height
+    if tokens.height and callable(getattr(tok, "batch_decode", None)):
+        text = decode_rows(tok, tokens["token_id"].to_numpy()[:, None])
+    return tokens.select("feature", "rank", "token_id",
+                         pl.Series("token", text, dtype=pl.String), "dl")

@@ -1,4 +1,4 @@
-"""Steering (METHOD §2-3): what to steer, the engine that steers it, and the outcomes.
+"""Steering (docs/method.md §2-3): what to steer, the engine that steers it, and the outcomes.
 
 - ``sampling``: feature samples, random null directions, context sets.
 - ``outcomes``: the §3 columns, per-row sums and the per-direction reduction.

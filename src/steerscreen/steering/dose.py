@@ -1,4 +1,4 @@
-"""Dose calibration (METHOD §2): the strength s at which random directions cost a fixed KL.
+"""Dose calibration (docs/method.md §2): the strength s at which random directions cost a fixed KL.
 
 ``alpha = s * r`` with r the median residual norm at the hook. The calibrated s makes 32 random
 unit directions give a mean KL(p_clean || p_steered) of ``target_kl`` (0.25 nats) on the

@@ -1,7 +1,7 @@
 """The steering engine: cached clean runs, steered runs started at the hook, streamed reduction.
 
-METHOD §2 steers ``x' = x + alpha * v`` at the hook h at every position >= 1 and compares the
-steered run with the clean one. A loop of hooked forward passes would recompute, per feature,
+docs/method.md §2 steers ``x' = x + alpha * v`` at the hook h at every position >= 1 and compares
+the steered run with the clean one. A loop of hooked forward passes would recompute, per feature,
 the clean run and every layer below h. Here:
 
 1. :meth:`SteeringEngine.clean` runs each context once, up to the logits, and caches what every
@@ -120,7 +120,7 @@ def auto_batch_rows(model: HookedModel, context_len: int, d_sae_down: int,
 
 
 class SteeringEngine:
-    """Steer directions at ``hook`` and measure METHOD §3 outcomes (``down``: the S' at
+    """Steer directions at ``hook`` and measure docs/method.md §3 outcomes (``down``: the S' at
     ``down_hook``; without it the downstream columns are NaN)."""
 
     def __init__(self, model: HookedModel, hook: str | HookPoint, down: LoadedSAE | None = None,

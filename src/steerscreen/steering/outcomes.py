@@ -1,4 +1,4 @@
-"""Steering outcomes (METHOD §3): per-row partial sums and the per-direction reduction.
+"""Steering outcomes (docs/method.md §3): per-row partial sums and the per-direction reduction.
 
 A *row* is one (direction, context) pair of a steered run. Its outcomes need the full next-token
 distributions and the downstream SAE's activations at every position, which are large
@@ -28,11 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from steerscreen.config.stages import N_OUT, N_TARGET_TOKENS, N_TARGETS
 from steerscreen.exact import matmul, total
-
-N_TARGETS = 8  # |T_f|: downstream features counted as the intended effect
-N_OUT = 20  # collateral_out: entries of mean_c d_c counted as the main effect
-N_TARGET_TOKENS = 10  # target_gain: top direct-logit tokens
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Dose-dependent predictors, computed at the steering dose: ``base_pass`` and the logit dose.
 
-``base_pass`` (METHOD §1) = ln participation ratio of the passthrough response
+``base_pass`` (docs/method.md §1) = ln participation ratio of the passthrough response
 ``P_g = mean_n |a'_g(x'_n + alpha v_f) - a'_g(x'_n)| * ||W'_dec[g]||`` over clean stats-split
 positions ``x'_n`` at the downstream hook: what adding the steering vector straight at h' would
 do to S'. It needs S' and alpha, which the steer stage owns, so that stage computes it for every

@@ -1,11 +1,11 @@
 """What gets steered, and where: feature samples, random null directions and context sets.
 
-- Features (METHOD §4): N alive features stratified by ``base_freq`` decile (seeded), or an
+- Features (docs/method.md §4): N alive features stratified by ``base_freq`` decile (seeded), or an
   explicit list (``"3,17,40"``) or file (one id per line, or a CSV/parquet with a ``feature``
   column).
-- Null (METHOD §2): R random unit directions, seeded, stored as ``feature = -1 - i``.
-- Contexts (METHOD §2): ``steering`` and ``fresh`` sets come from the steering split, from two
-  disjoint halves of its documents (so held-out screening never sees a steering document);
+- Null (docs/method.md §2): R random unit directions, seeded, stored as ``feature = -1 - i``.
+- Contexts (docs/method.md §2): ``steering`` and ``fresh`` sets come from the steering split, from
+  two disjoint halves of its documents (so held-out screening never sees a steering document);
   ``calibration`` contexts from the calibration split. Within each, C windows are drawn at
   random (seeded) from many documents rather than taken from the first one.
 """

@@ -1,6 +1,6 @@
 """Render ``docs/study.md`` from the config dataclasses, so every field is documented once.
 
-    python -m steerscreen.study.docs --write docs/study.md
+    python -m steerscreen.pipeline.docs --write docs/study.md
 
 Field descriptions are the attribute docstrings of the stage configs (``TrainConfig``,
 ``StatsConfig``, ``SteerConfig``, ``FitConfig``) and of ``StudyConfig`` / ``SAEEntry``; the
@@ -11,24 +11,22 @@ the committed file equals :func:`markdown`.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
-import itertools
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
-from steerscreen.study.config import (
+from steerscreen.config import (
     OWNED,
     PRESET_BUDGET_S,
     PRESET_VALUES,
     PRESETS,
     STAGE_CLASSES,
     TOP_FIELDS,
+    ClusterOptions,
     SAEEntry,
     StudyConfig,
+    field_docs,
 )
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -36,8 +34,8 @@ CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 _INTRO = """\
 # Studies: `steerscreen run`
 
-A study compares several SAEs on one model (METHOD §5): it trains the SAEs it needs, then runs
-`stats -> steer -> fit` for each SAE (one run folder each, the same downstream SAE S' for all),
+A study compares several SAEs on one model (docs/method.md §5): it trains the SAEs it needs, then
+runs `stats -> steer -> fit` for each SAE (one run folder each, the same downstream SAE S' for all),
 compares the runs (transfer) and writes the report.
 
 ```bash
@@ -58,7 +56,7 @@ Layout:
 ```
 STUDY/study.json        resolved config, runs, plan, stage timings, headline, environment
 STUDY/saes/NAME/        SAEs trained for the study (SAELens folders + training_summary.json)
-STUDY/runs/NAME/        one run folder per SAE (METHOD §5)
+STUDY/runs/NAME/        one run folder per SAE (docs/method.md §5)
 STUDY/comparison/       transfer.parquet, runs.parquet
 STUDY/report.html       the report (plus figures/ and summary.md)
 ```
@@ -71,27 +69,15 @@ last shard, to the tables an uninterrupted run gives. `--resume` says the same a
 when `--out` holds no study (a mistyped path). A folder that holds a study with another config
 is refused (name the differences) unless `--force` (never with `--resume`).
 
-**The dose.** The calibrated strength (METHOD §2) depends on the model, hook, residual norm and
-calibration contexts, not on the SAE: a study calibrates once and every run on that hook steers at
-the same s (recorded in each run's manifest).
+**The dose.** The calibrated strength (docs/method.md §2) depends on the model, hook, residual norm
+and calibration contexts, not on the SAE: a study calibrates once and every run on that hook steers
+at the same s (recorded in each run's manifest).
 """
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal right after a field) of a dataclass and of the
-    dataclasses it inherits fields from (``ClusterOptions``)."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if klass is object or "__dataclass_fields__" not in vars(klass):
-            continue
-        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        body = tree.body[0].body  # type: ignore[attr-defined]
-        for a, b in itertools.pairwise(body):
-            if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
-                    and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
-                    and isinstance(b.value.value, str)):
-                docs[a.target.id] = " ".join(b.value.value.split()).replace("|", "\\|")
-    return docs
+    """The fields' docstrings, with ``|`` escaped for a Markdown table cell."""
+    return {k: v.replace("|", "\\|") for k, v in field_docs(cls).items()}
 
 
 def _fmt(v: Any) -> str:
@@ -123,8 +109,12 @@ def _type(f: dataclasses.Field) -> str:
 
 
 def markdown() -> str:
-    out = [_INTRO]
-    out.append("## Top-level fields\n\n| field | type | default | meaning |\n|---|---|---|---|")
+    return "\n".join([_INTRO, *_top_fields(), *_sae_fields(), *_presets(), *_sections(),
+                      *_configs()]) + "\n"
+
+
+def _top_fields() -> list[str]:
+    out = ["## Top-level fields\n\n| field | type | default | meaning |\n|---|---|---|---|"]
     docs = _attribute_docs(StudyConfig)
     fields = {f.name: f for f in dataclasses.fields(StudyConfig)}
     for name in TOP_FIELDS:
@@ -133,64 +123,76 @@ def markdown() -> str:
                        "width W and 4W (used when the file lists no [[sae]]; also the default "
                        "width of trained [[sae]] entries) |")
             continue
-        key = {"sae": "saes"}.get(name, name)
-        f = fields[key]
         if name in STAGE_CLASSES:
             out.append(f"| `[{name}]` | table | preset | the {name} stage's settings (below) |")
             continue
+        key = {"sae": "saes"}.get(name, name)
+        f = fields[key]
         shown = "table" if name == "downstream" else ("tables" if name == "sae" else _type(f))
         default = "the embedded study" if name in ("sae", "downstream") else _fmt(_default(f))
         out.append(f"| `{'[[sae]]' if name == 'sae' else name}` | {shown} | {default} | "
                    f"{docs.get(key, '')} |")
-    out.append("\n## `[[sae]]` and `[downstream]`\n\nOne `[[sae]]` table per SAE compared; "
-               "`[downstream]` takes the same fields (its name defaults to `downstream`). An "
-               "entry with `spec` uses that SAE; one without is trained by steerscreen on the "
-               "study's model and corpus with the `[train]` settings.\n\n"
-               "| field | type | default | meaning |\n|---|---|---|---|")
-    docs = _attribute_docs(SAEEntry)
-    for f in dataclasses.fields(SAEEntry):
-        out.append(f"| `{f.name}` | {_type(f)} | {_fmt(_default(f))} | {docs.get(f.name, '')} |")
+    return out
 
-    out.append("\n## Presets\n\nA preset fills the sections' sizes; the file's values win. "
-               "Budgets are for the embedded study on the reference machine (2 CPU cores); the "
-               "plan printed before a run estimates the rest.\n")
-    out.append("| | " + " | ".join(f"`{p}`" for p in PRESETS) + " |\n|---|"
-               + "---|" * len(PRESETS))
+
+def _sae_fields() -> list[str]:
+    out = ["\n## `[[sae]]` and `[downstream]`\n\nOne `[[sae]]` table per SAE compared; "
+           "`[downstream]` takes the same fields (its name defaults to `downstream`). An entry "
+           "with `spec` uses that SAE; one without is trained by steerscreen on the study's "
+           "model and corpus with the `[train]` settings.\n\n"
+           "| field | type | default | meaning |\n|---|---|---|---|"]
+    docs = _attribute_docs(SAEEntry)
+    out += [f"| `{f.name}` | {_type(f)} | {_fmt(_default(f))} | {docs.get(f.name, '')} |"
+            for f in dataclasses.fields(SAEEntry)]
+    return out
+
+
+def _presets() -> list[str]:
+    out = ["\n## Presets\n\nA preset fills the sections' sizes; the file's values win. "
+           "Budgets are for the embedded study on the reference machine (2 CPU cores); the "
+           "plan printed before a run estimates the rest.\n",
+           "| | " + " | ".join(f"`{p}`" for p in PRESETS) + " |\n|---|" + "---|" * len(PRESETS)]
     budget = ["no budget" if PRESET_BUDGET_S[p] is None
               else f"<= {PRESET_BUDGET_S[p] // 60} min" for p in PRESETS]
     out.append("| budget | " + " | ".join(budget) + " |")
     out.append("| `width` | " + " | ".join(str(PRESET_VALUES[p]["width"]) for p in PRESETS)
                + " |")
     for section in STAGE_CLASSES:
-        keys = sorted({k for p in PRESETS for k in PRESET_VALUES[p][section]})
-        for k in keys:
+        for k in sorted({k for p in PRESETS for k in PRESET_VALUES[p][section]}):
             vals = [_fmt(PRESET_VALUES[p][section].get(k, "(default)")).strip('"')
                     for p in PRESETS]
             out.append(f"| `{section}.{k}` | " + " | ".join(vals) + " |")
+    return out
 
+
+def _sections() -> list[str]:
+    out = []
     for section, cls in STAGE_CLASSES.items():
         docs = _attribute_docs(cls)
         owned = ", ".join(f"`{o}`" for o in OWNED[section])
         out.append(f"\n## `[{section}]`\n\nThe fields of `{cls.__module__}.{cls.__name__}` "
                    f"(the `steerscreen {_COMMAND[section]}` options). The study sets {owned} "
                    "itself.\n\n| field | type | default | meaning |\n|---|---|---|---|")
-        # The stage's own fields first, then the ones it inherits (where it runs: --backend).
-        own = [f for f in dataclasses.fields(cls) if not f.kw_only]
-        for f in own + [f for f in dataclasses.fields(cls) if f.kw_only]:
+        # The stage's own fields first, then where it runs (--backend ...).
+        fields = sorted(dataclasses.fields(cls), key=lambda f: f.name in ClusterOptions.FIELDS)
+        for f in fields:
             if f.name in OWNED[section]:
                 continue
             default = _fmt(_default(f))
             if section == "train" and f.name == "lr":
                 default = "1e-3 (3e-3 for jumprelu)"
             out.append(f"| `{f.name}` | {_type(f)} | {default} | {docs.get(f.name, '')} |")
+    return out
 
-    out.append("\n## Ready configs (`configs/`)\n\nEach validates offline "
-               "(`steerscreen run --config FILE --dry-run`; a test runs them all). What each "
-               "needs and costs, from its header:\n\n| config | needs | cost |\n|---|---|---|")
+
+def _configs() -> list[str]:
+    out = ["\n## Ready configs (`configs/`)\n\nEach validates offline "
+           "(`steerscreen run --config FILE --dry-run`; a test runs them all). What each "
+           "needs and costs, from its header:\n\n| config | needs | cost |\n|---|---|---|"]
     for path in sorted(CONFIGS.glob("*.toml")):
         needs, cost = _header(path)
         out.append(f"| [`{path.name}`](../configs/{path.name}) | {needs} | {cost} |")
-    return "\n".join(out) + "\n"
+    return out
 
 
 _COMMAND = {"train": "train-sae", "stats": "stats", "steer": "steer", "fit": "fit"}

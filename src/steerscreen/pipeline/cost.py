@@ -23,13 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from steerscreen.config import SAEEntry, StudyConfig
 from steerscreen.errors import SpecError
 from steerscreen.models.hooks import HookPoint
+from steerscreen.pipeline.plan import format_duration
+from steerscreen.pipeline.sizes import KNOWN_MODELS, ModelDims, model_dims, sae_width
 from steerscreen.stats.accumulators import StatsOptions
 from steerscreen.steering.engine import aligned_rows, cache_bytes
-from steerscreen.study.config import StudyConfig
-from steerscreen.study.plan import format_duration
-from steerscreen.study.sizes import KNOWN_MODELS, ModelDims, model_dims, sae_width
 
 GiB = 1 << 30
 # float32 passes over a steered row's [T-1, V] logits: log-softmax, dlogp, Fisher, KL, sums
@@ -324,20 +324,65 @@ def time_stage(c: StageCost, dev: Device, dtype: str, workers: int) -> StageTime
     return StageTime(c, gpu, wall)
 
 
+@dataclass
+class _Setup:
+    """What every stage's cost of one study on one device shares."""
+
+    cfg: StudyConfig
+    dev: Device
+    dims: ModelDims
+    g: int
+    """Width of S'."""
+    down_hook: str
+    widths: list[int]
+    b: int = 0
+    """Steered rows per forward."""
+    per_row: float = 0.0
+    cache: float = 0.0
+
+    @property
+    def wbytes(self) -> float:
+        return self.dims.n_params * (2 if self.cfg.dtype == "bfloat16" else 4)
+
+    @property
+    def unembed32(self) -> float:  # the float32 W_U copy (tables, engine)
+        return 4.0 * self.dims.d_model * self.dims.vocab
+
+    def sae_bytes(self, f: int) -> float:
+        return 4.0 * (2 * self.dims.d_model * f + f + self.dims.d_model)
+
+
 def plan_cost(cfg: StudyConfig, device: str = "h100", workers: int = 1) -> CostPlan:
     """The cost of ``cfg`` on ``workers`` x ``device`` (a key of :data:`DEVICES`)."""
     if device not in DEVICES:
         raise SpecError(f"unknown GPU {device!r}", f"use one of {', '.join(DEVICES)}")
     if workers < 1:
         raise SpecError(f"workers must be at least 1, got {workers}", "pass --workers 1 or more")
-    dev, dims = DEVICES[device], model_dims(cfg.model)
-    tr, st, sr, ft = (cfg.resolved(s) for s in ("train", "stats", "steer", "fit"))
-    wbytes = dims.n_params * (2 if cfg.dtype == "bfloat16" else 4)
-    unembed32 = 4.0 * dims.d_model * dims.vocab  # the float32 W_U copy (tables, engine)
+    su = _setup(cfg, DEVICES[device])
+    stages = [*_train_costs(su), *_calibration_cost(su)]
+    features_per_hour = 0.0
+    for e, f in zip(cfg.saes, su.widths, strict=True):
+        stages.append(_stats_cost(su, e, f))
+        stages.append(_steer_cost(su, e, f))
+        if not features_per_hour:
+            features_per_hour = _features_per_hour(su, e)
+    ft = cfg.resolved("fit")
+    for e in cfg.saes:  # measured on the 2-core reference machine (pipeline/plan.py)
+        stages.append(StageCost("fit", e.name, Work(), Work(), Work(), 0, 0.0,
+                                host_s=15 + 0.6 * ft["n_permutations"] + 4 * ft["n_repeats"],
+                                note="CPU (scikit-learn)"))
+    stages.append(StageCost("report", "study", Work(), Work(), Work(), 0, 0.0,
+                            host_s=10.0 * (1 + (len(cfg.saes) > 1)), note="CPU"))
+    timed = [time_stage(s, su.dev, cfg.dtype, workers) for s in stages]
+    warnings = [f"{s.cost.stage} {s.cost.target}: needs {s.cost.memory_bytes / GiB:.1f} GiB, "
+                f"the {su.dev.name} has {su.dev.memory_gib:.0f}" for s in timed
+                if s.cost.memory_bytes > su.dev.memory_gib * GiB]
+    return CostPlan(cfg.name, cfg.preset, cfg.model, su.dims, cfg.dtype, su.dev, workers, su.b,
+                    timed, features_per_hour, warnings)
 
-    def sae_bytes(f: int) -> float:
-        return 4.0 * (2 * dims.d_model * f + f + dims.d_model)
 
+def _setup(cfg: StudyConfig, dev: Device) -> _Setup:
+    dims = model_dims(cfg.model)
     assert cfg.downstream is not None
     for e in cfg.saes:
         if e.hook is None:
@@ -345,103 +390,129 @@ def plan_cost(cfg: StudyConfig, device: str = "h100", workers: int = 1) -> CostP
                             "add hook = \"blocks.L.hook_resid_post\" to its [[sae]] table (the "
                             "plan does not load SAEs to read it)")
     g, _ = sae_width(cfg.downstream, dims.d_model)
-    down_hook = cfg.downstream.hook or cfg.saes[-1].hook or ""
-    stages: list[StageCost] = []
-
-    trained = [e for e in [*cfg.saes, cfg.downstream] if e.trained]
-    if trained:
-        depth = max(_layers(dims, e.hook or "")[0] for e in trained)
-        n_tok = tr["tokens"] + tr["heldout_tokens"]
-        t = tr["context_len"]
-        hooks = len({e.hook for e in trained})
-        stages.append(StageCost(
-            "train", "study", Work(), Work(), forward_work(dims, depth, n_tok / t, t), 0,
-            wbytes + 16 * tr["batch_size"] * t * dims.d_model, wbytes,
-            note=f"activations on the host: {n_tok * dims.d_model * 4 * hooks / GiB:.1f} GiB"))
-        for e in trained:
-            f = int(e.width or 0)
-            samples = tr["tokens"] * tr["epochs"]
-            stages.append(StageCost(  # forward + backward of encoder and decoder: 12 d F
-                "train", e.name, Work(), Work(), Work(fp32=12.0 * samples * dims.d_model * f), 0,
-                4 * sae_bytes(f) + 4.0 * tr["batch_size"] * (3 * f + 4 * dims.d_model)))
-
-    t_st, t_sr = st["context_len"], sr["context_len"]
+    su = _Setup(cfg, dev, dims, g, cfg.downstream.hook or cfg.saes[-1].hook or "",
+                [sae_width(e, dims.d_model)[0] for e in cfg.saes])
+    sr = cfg.resolved("steer")
+    t_sr, c, cf = sr["context_len"], sr["contexts"], sr["fresh_contexts"]
+    su.per_row = 4.0 * (3 * (t_sr - 1) * dims.vocab + t_sr * (dims.d_ff + 4 * dims.d_model)
+                        + 2 * (t_sr - 1) * g)
+    fixed = su.wbytes + su.unembed32 + su.sae_bytes(max(su.widths)) + su.sae_bytes(g)
+    su.cache = float(cache_bytes(c + cf, t_sr, dims.vocab, dims.d_model, g))  # the engine's
     b_cap = 32 if dev.key == "cpu" else 512
+    b = sr["batch_rows"] or max(1, min(b_cap, int(0.5 * (dev.memory_gib * GiB - fixed
+                                                         - su.cache) // su.per_row)))
+    su.b = aligned_rows(b, c)
+    return su
+
+
+def _train_costs(su: _Setup) -> list[StageCost]:
+    cfg, dims = su.cfg, su.dims
+    assert cfg.downstream is not None
+    trained = [e for e in [*cfg.saes, cfg.downstream] if e.trained]
+    if not trained:
+        return []
+    tr = cfg.resolved("train")
+    depth = max(_layers(dims, e.hook or "")[0] for e in trained)
+    n_tok = tr["tokens"] + tr["heldout_tokens"]
+    t = tr["context_len"]
+    hooks = len({e.hook for e in trained})
+    out = [StageCost(
+        "train", "study", Work(), Work(), forward_work(dims, depth, n_tok / t, t), 0,
+        su.wbytes + 16 * tr["batch_size"] * t * dims.d_model, su.wbytes,
+        note=f"activations on the host: {n_tok * dims.d_model * 4 * hooks / GiB:.1f} GiB")]
+    for e in trained:
+        f = int(e.width or 0)
+        samples = tr["tokens"] * tr["epochs"]
+        out.append(StageCost(  # forward + backward of encoder and decoder: 12 d F
+            "train", e.name, Work(), Work(), Work(fp32=12.0 * samples * dims.d_model * f), 0,
+            4 * su.sae_bytes(f) + 4.0 * tr["batch_size"] * (3 * f + 4 * dims.d_model)))
+    return out
+
+
+def _calibration_cost(su: _Setup) -> list[StageCost]:
+    sr = su.cfg.resolved("steer")
+    if sr["strengths"] is not None:  # explicit strengths: nothing to calibrate
+        return []
+    cc, cd, t_sr = sr["calibration_contexts"], sr["calibration_directions"], sr["context_len"]
+    above = _layers(su.dims, su.cfg.saes[0].hook or "")[1]
+    w = (_clean(su.dims, above, cc, t_sr, su.b)
+         + _steered(su.dims, above, t_sr, 0, CALIBRATION_EVALUATIONS * cd * cc, kl_only=True))
+    fixed = su.wbytes + su.unembed32 + su.sae_bytes(max(su.widths)) + su.sae_bytes(su.g)
+    return [StageCost("calibrate", "study", Work(), Work(), w, 0, fixed + su.b * su.per_row,
+                      su.wbytes, note=f"{CALIBRATION_EVALUATIONS} doses x {cd} x {cc} rows")]
+
+
+def _stats_cost(su: _Setup, e: SAEEntry, f: int) -> StageCost:
+    st, dims = su.cfg.resolved("stats"), su.dims
+    t_st = st["context_len"]
+    below, _ = _layers(dims, e.hook or "")
+    n_ctx = st["tokens"] / t_st
+    opts = StatsOptions(st["reservoir_size"], st["coact_size"], st["max_partners"],
+                        st["n_examples"], st["example_window"])
+    acc = opts.memory_bytes(f, dims.d_model)
+    tok = forward_work(dims, below, n_ctx, t_st) * STATS_TOKEN_OVERHEAD
+    par = tok + Work(fp32=4.0 * st["tokens"] * dims.d_model * f,
+                     bytes=st["tokens"] * f * 4 * ACC_PASSES)
+    ser = (forward_work(dims, dims.n_layers, st["final_norm_contexts"], t_st)
+           + table_work(dims, f))
+    mem = (su.wbytes + su.unembed32 + su.sae_bytes(f) + acc
+           + 4.0 * st["batch_size"] * t_st * (2 * f + 4 * dims.d_model)
+           + 2 * 4.0 * 512 * dims.vocab)
+    shards = math.ceil(n_ctx / st["shard_contexts"])
+    return StageCost("stats", e.name, par, Work(), ser, shards, mem, su.wbytes + su.sae_bytes(f),
+                     acc, note=f"state {acc / GiB:.1f} GiB, {shards} shard"
+                               + ("s" if shards > 1 else ""))
+
+
+def _steer_cost(su: _Setup, e: SAEEntry, f: int) -> StageCost:
+    sr, st, dims, g, b = su.cfg.resolved("steer"), su.cfg.resolved("stats"), su.dims, su.g, su.b
+    t_sr, t_st = sr["context_len"], st["context_len"]
     c, cf, k = sr["contexts"], sr["fresh_contexts"], sr["features"] + sr["random_directions"]
     n_str = 1 if sr["strengths"] is None else len(sr["strengths"])
-    per_row = 4.0 * (3 * (t_sr - 1) * dims.vocab + t_sr * (dims.d_ff + 4 * dims.d_model)
-                     + 2 * (t_sr - 1) * g)
-    widths = [sae_width(e, dims.d_model)[0] for e in cfg.saes]
-    fixed = wbytes + unembed32 + sae_bytes(max(widths)) + sae_bytes(g)
-    cache = float(cache_bytes(c + cf, t_sr, dims.vocab, dims.d_model, g))  # the engine's own
-    b = sr["batch_rows"] or max(1, min(b_cap, int(0.5 * (dev.memory_gib * GiB - fixed - cache)
-                                                  // per_row)))
-    b = aligned_rows(b, c)
+    above = _layers(dims, e.hook or "")[1]
+    rows = math.ceil(k * c / b) * b + (math.ceil(k * cf / b) * b if cf else 0)
+    par = (_steered(dims, above, t_sr, g, rows * n_str)
+           + _targets(dims, g, k * n_str, c + cf, t_sr))
+    rep = _clean(dims, above, c, t_sr, b) + (_clean(dims, above, cf, t_sr, b) if cf else Work())
+    pass_ctx = math.ceil(sr["pass_positions"] / (t_st - 1))
+    dose = (forward_work(dims, _layers(dims, su.down_hook)[0], pass_ctx, t_st)
+            + Work(fp32=2.0 * f * dims.d_model * (g + dims.vocab),  # base_pass, logit_*
+                   bytes=4.0 * f * (sr["pass_positions"] * g * PASS_PASSES
+                                    + dims.vocab * LOGIT_TABLE_PASSES)))
+    mem = (su.wbytes + su.unembed32 + su.sae_bytes(f) + su.sae_bytes(g) + su.cache
+           + b * su.per_row)
+    return StageCost("steer", e.name, par, rep, dose, math.ceil(k / sr["shard_directions"]), mem,
+                     su.wbytes + su.sae_bytes(f) + su.sae_bytes(g), note=f"{b} rows per forward")
 
-    if sr["strengths"] is None:  # the dose calibration, shared by the runs
-        cc, cd = sr["calibration_contexts"], sr["calibration_directions"]
-        hook0 = cfg.saes[0].hook or ""
-        above = _layers(dims, hook0)[1]
-        w = (_clean(dims, above, cc, t_sr, b)
-             + _steered(dims, above, t_sr, 0, CALIBRATION_EVALUATIONS * cd * cc, kl_only=True))
-        stages.append(StageCost("calibrate", "study", Work(), Work(), w, 0,
-                                fixed + b * per_row, wbytes,
-                                note=f"{CALIBRATION_EVALUATIONS} doses x {cd} x {cc} rows"))
 
-    features_per_hour = 0.0
-    for e, f in zip(cfg.saes, widths, strict=True):
-        below, above = _layers(dims, e.hook or "")
-        n_ctx = st["tokens"] / t_st
-        opts = StatsOptions(st["reservoir_size"], st["coact_size"], st["max_partners"],
-                            st["n_examples"], st["example_window"])
-        acc = opts.memory_bytes(f, dims.d_model)
-        tok = forward_work(dims, below, n_ctx, t_st) * STATS_TOKEN_OVERHEAD
-        par = tok + Work(fp32=4.0 * st["tokens"] * dims.d_model * f,
-                         bytes=st["tokens"] * f * 4 * ACC_PASSES)
-        ser = (forward_work(dims, dims.n_layers, st["final_norm_contexts"], t_st)
-               + table_work(dims, f))
-        mem = (wbytes + unembed32 + sae_bytes(f) + acc
-               + 4.0 * st["batch_size"] * t_st * (2 * f + 4 * dims.d_model)
-               + 2 * 4.0 * 512 * dims.vocab)
-        shards = math.ceil(n_ctx / st["shard_contexts"])
-        stages.append(StageCost("stats", e.name, par, Work(), ser, shards, mem,
-                                wbytes + sae_bytes(f), acc,
-                                note=f"state {acc / GiB:.1f} GiB, {shards} shard"
-                                     + ("s" if shards > 1 else "")))
-
-        rows = math.ceil(k * c / b) * b + (math.ceil(k * cf / b) * b if cf else 0)
-        par = (_steered(dims, above, t_sr, g, rows * n_str)
-               + _targets(dims, g, k * n_str, c + cf, t_sr))
-        rep = _clean(dims, above, c, t_sr, b) + (_clean(dims, above, cf, t_sr, b) if cf else Work())
-        pass_ctx = math.ceil(sr["pass_positions"] / (t_st - 1))
-        dose = (forward_work(dims, _layers(dims, down_hook)[0], pass_ctx, t_st)
-                + Work(fp32=2.0 * f * dims.d_model * (g + dims.vocab),  # base_pass, logit_*
-                       bytes=4.0 * f * (sr["pass_positions"] * g * PASS_PASSES
-                                        + dims.vocab * LOGIT_TABLE_PASSES)))
-        mem = (wbytes + unembed32 + sae_bytes(f) + sae_bytes(g) + cache + b * per_row)
-        stages.append(StageCost("steer", e.name, par, rep, dose,
-                                math.ceil(k / sr["shard_directions"]), mem,
-                                wbytes + sae_bytes(f) + sae_bytes(g),
-                                note=f"{b} rows per forward"))
-        if not features_per_hour:  # one direction on both context sets, one strength
-            one = (_steered(dims, above, t_sr, g, c + cf) + _targets(dims, g, 1, c + cf, t_sr))
-            features_per_hour = 3600 / seconds(one, dev, cfg.dtype)
-
-    for e in cfg.saes:  # measured on the 2-core reference machine (study/plan.py)
-        stages.append(StageCost("fit", e.name, Work(), Work(), Work(), 0, 0.0,
-                                host_s=15 + 0.6 * ft["n_permutations"] + 4 * ft["n_repeats"],
-                                note="CPU (scikit-learn)"))
-    stages.append(StageCost("report", "study", Work(), Work(), Work(), 0, 0.0,
-                            host_s=10.0 * (1 + (len(cfg.saes) > 1)), note="CPU"))
-
-    timed = [time_stage(s, dev, cfg.dtype, workers) for s in stages]
-    warnings = [f"{s.cost.stage} {s.cost.target}: needs {s.cost.memory_bytes / GiB:.1f} GiB, "
-                f"the {dev.name} has {dev.memory_gib:.0f}" for s in timed
-                if s.cost.memory_bytes > dev.memory_gib * GiB]
-    return CostPlan(cfg.name, cfg.preset, cfg.model, dims, cfg.dtype, dev, workers, b, timed,
-                    features_per_hour, warnings)
+def _features_per_hour(su: _Setup, e: SAEEntry) -> float:
+    """One direction on both context sets, one strength."""
+    sr = su.cfg.resolved("steer")
+    t_sr, c, cf = sr["context_len"], sr["contexts"], sr["fresh_contexts"]
+    above = _layers(su.dims, e.hook or "")[1]
+    one = _steered(su.dims, above, t_sr, su.g, c + cf) + _targets(su.dims, su.g, 1, c + cf, t_sr)
+    return 3600 / seconds(one, su.dev, su.cfg.dtype)
 
 
 __all__ = ["DEVICES", "EFFICIENCY", "H200_RUN", "Benchmark", "CostPlan", "Device", "Efficiency",
            "StageCost", "StageTime", "Work", "calibrate", "forward_work", "plan_cost", "seconds",
            "table_work", "time_stage"]
+
+
+def print_cost(cost: CostPlan) -> None:
+    """The cost plan as a table (stage by stage) and its footer, on stdout."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"plan {escape(cost.study)}: {escape(cost.spec)} ({cost.dtype}), preset "
+                  f"{cost.preset}, {cost.workers} x {cost.device.name}")
+    for col in ("stage", "run", "tokens", "forwards full / from h", "TFLOP", "GiB/worker",
+                "GPU-h", "wall", "note"):
+        table.add_column(col, justify="left" if col in ("stage", "run", "note") else "right")
+    for r in cost.rows():
+        table.add_row(*(escape(x) for x in r))
+    out = Console(width=140)
+    out.print(table)
+    for line in cost.footer():
+        out.print(escape(line))

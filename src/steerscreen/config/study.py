@@ -1,7 +1,7 @@
 """The study config: which model, which SAEs, which downstream SAE, and every stage's settings.
 
-A study compares several SAEs on one model (METHOD §5: one run per SAE, the same downstream SAE
-S' for all). Its config is a TOML (or YAML) file:
+A study compares several SAEs on one model (docs/method.md §5: one run per SAE, the same
+downstream SAE S' for all). Its config is a TOML (or YAML) file:
 
     name = "smollm2-embedded"
     model = "embedded:smollm2-135m"
@@ -23,13 +23,14 @@ S' for all). Its config is a TOML (or YAML) file:
     width = 2048
     hook = "blocks.16.hook_resid_post"
 
-    [train]  [stats]  [steer]  [fit]    # any field of the stage's own config
+    [train]  [stats]  [steer]  [fit]    # any field of the stage's settings
 
-The stage sections take the fields of :class:`~steerscreen.saes.training.TrainConfig`,
-:class:`~steerscreen.stats.stage.StatsConfig`, :class:`~steerscreen.steering.stage.SteerConfig`
-and :class:`~steerscreen.screening.analysis.FitConfig`, minus the ones the study owns (model,
-corpus, seed, device, SAE and hook). A preset (``quick``, ``default``, ``full``) fills the sizes
-first; the file overrides it. Unknown or mistyped fields are errors that name the valid ones.
+The sections are the stages' settings (:class:`~.stages.TrainSettings`,
+:class:`~.stages.StatsSettings`, :class:`~.stages.SteerSettings`, :class:`~.stages.FitConfig`
+but its seed): the study sets the rest (model, corpus, seed, device, SAE and hook) for every
+run. A preset (``quick``, ``default``, ``full``) fills the sizes first; the file overrides it.
+Unknown or mistyped fields are errors that name the valid ones; every value is checked against
+its field's type, and each stage config's own validation runs before anything is loaded.
 """
 
 from __future__ import annotations
@@ -44,32 +45,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steerscreen.corpus import check_corpus_spec
+from steerscreen.config.stages import (
+    ARCHS,
+    DEFAULT_CORPUS,
+    DEFAULT_MODEL,
+    FitConfig,
+    StatsConfig,
+    StatsSettings,
+    SteerConfig,
+    SteerSettings,
+    TrainConfig,
+    TrainSettings,
+)
 from steerscreen.errors import SpecError
-from steerscreen.models import DEFAULT_MODEL, HookPoint, ModelSpec
-from steerscreen.saes.training import ARCHS, TrainConfig
-from steerscreen.screening.fit_config import FitConfig
-from steerscreen.stats.stage import StatsConfig
-from steerscreen.steering.stage import SteerConfig
+from steerscreen.specs import parse_hook
 
 PRESETS = ("quick", "default", "full")
 ROLES = ("architecture", "width")
-
-# Fields the study sets itself in every stage config (never taken from a section).
-OWNED: dict[str, tuple[str, ...]] = {
-    "train": ("model", "hook", "arch", "width", "corpus", "seed", "device", "dtype",
-              "trust_remote_code"),
-    "stats": ("sae", "model", "hook", "corpus", "seed", "device", "dtype", "trust_remote_code"),
-    "steer": ("downstream_sae", "downstream_hook", "feature_ids", "seed", "device",
-              "trust_remote_code"),
-    "fit": ("seed",),
-}
+SECTIONS: dict[str, type] = {"train": TrainSettings, "stats": StatsSettings,
+                             "steer": SteerSettings, "fit": FitConfig}
+"""A study file's stage sections and the settings class each holds."""
 STAGE_CLASSES: dict[str, type] = {"train": TrainConfig, "stats": StatsConfig,
                                   "steer": SteerConfig, "fit": FitConfig}
+OWNED: dict[str, tuple[str, ...]] = {
+    s: tuple(f.name for f in dataclasses.fields(STAGE_CLASSES[s])
+             if f.name not in {g.name for g in dataclasses.fields(SECTIONS[s])}
+             or (s == "fit" and f.name == "seed"))
+    for s in SECTIONS}
+"""Fields the study sets itself in every stage config (never taken from a section)."""
 
 # Sizes per preset for the sections (budgets: quick <= 15 min, default <= 90 min on 2 CPU cores
-# for the embedded study; full = METHOD's defaults, a GPU job). `width` is W of the embedded
-# default study: SAEs of width W and 4W.
+# for the embedded study; full = the method's defaults, a GPU job). `width` is W of the
+# embedded default study: SAEs of width W and 4W.
 PRESET_VALUES: dict[str, dict[str, Any]] = {
     "quick": {
         "width": 1024,
@@ -89,13 +96,7 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
                   "fresh_contexts": 16, "context_len": 32},
         "fit": {},
     },
-    "full": {
-        "width": 4096,
-        "train": {},
-        "stats": {},
-        "steer": {},
-        "fit": {},
-    },
+    "full": {"width": 4096, "train": {}, "stats": {}, "steer": {}, "fit": {}},
 }
 PRESET_BUDGET_S = {"quick": 15 * 60, "default": 90 * 60, "full": None}
 
@@ -124,6 +125,14 @@ class SAEEntry:
         return self.spec is None
 
 
+def _settings(section: str, values: dict[str, Any] | None = None) -> Any:
+    """A section's settings object from ``values`` (the fit section's seed is the study's)."""
+    values = dict(values or {})
+    if section == "fit":
+        values.setdefault("seed", 0)
+    return SECTIONS[section](**values)
+
+
 @dataclass
 class StudyConfig:
     """A whole study. ``record()`` is what study.json stores and what a rerun is compared to."""
@@ -132,7 +141,7 @@ class StudyConfig:
     """The study's name (report title)."""
     model: str = DEFAULT_MODEL
     """Model spec: embedded:smollm2-135m, embedded:gemma3-270m, hf:REPO, gguf:PATH, a folder."""
-    corpus: str = "embedded"
+    corpus: str = DEFAULT_CORPUS
     """Corpus spec: embedded, text:PATH, jsonl:PATH[:FIELD], hf:DATASET[:CONFIG]:SPLIT[:FIELD]."""
     seed: int = 0
     """One seed for every stage: document splits, SAE training, samples, folds."""
@@ -149,50 +158,66 @@ class StudyConfig:
     """[[sae]] tables: the SAEs compared, one run each (default: the embedded study's four)."""
     downstream: SAEEntry | None = None
     """[downstream]: S', the same for every run, at a later hook than all of them."""
-    train: dict[str, Any] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
-    steer: dict[str, Any] = field(default_factory=dict)
-    fit: dict[str, Any] = field(default_factory=dict)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    """[train]: the SAE training settings."""
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    """[stats]: the stats stage's settings."""
+    steer: SteerSettings = field(default_factory=SteerSettings)
+    """[steer]: the steer stage's settings."""
+    fit: FitConfig = field(default_factory=FitConfig)
+    """[fit]: the fit stage's settings (its seed is the study's)."""
     source: str | None = None
     """The config file it was read from (None = the built-in embedded study)."""
 
     def record(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("source")
+        """study.json's config: the top level and, per section, the settings that differ from
+        their defaults (so a study recorded before a new setting existed still compares)."""
+        d = {f.name: dataclasses.asdict(self)[f.name] for f in dataclasses.fields(self)
+             if f.name not in ("source", *SECTIONS)}
         if not d["trust_remote_code"]:  # absent = off: study.json files from before it compare
             d.pop("trust_remote_code")
+        for section in SECTIONS:
+            d[section] = changed(getattr(self, section), "seed")
         return d
 
     # -- the stage configs the study runs ------------------------------------------------------
+    def _common(self) -> dict[str, Any]:
+        return {"seed": self.seed, "device": self.device,
+                "trust_remote_code": self.trust_remote_code}
+
     def train_config(self, entry: SAEEntry) -> TrainConfig:
         extra = {"k": entry.k} if entry.k is not None else {}
-        return TrainConfig(model=self.model, hook=entry.hook or "", arch=entry.arch,  # type: ignore[arg-type]
-                           width=int(entry.width or 0), corpus=self.corpus, seed=self.seed,
-                           device=self.device, dtype=self.dtype,
-                           trust_remote_code=self.trust_remote_code, **{**self.train, **extra})
+        return TrainConfig(**{**dataclasses.asdict(self.train), **extra}, model=self.model,
+                           hook=entry.hook or "", arch=entry.arch,  # type: ignore[arg-type]
+                           width=int(entry.width or 0), corpus=self.corpus, dtype=self.dtype,
+                           **self._common())
 
     def stats_config(self, sae_path: str, hook: str | None) -> StatsConfig:
-        return StatsConfig(sae=sae_path, model=self.model, hook=hook, corpus=self.corpus,
-                           seed=self.seed, device=self.device, dtype=self.dtype,
-                           trust_remote_code=self.trust_remote_code, **self.stats)
+        return StatsConfig(**dataclasses.asdict(self.stats), sae=sae_path, model=self.model,
+                           hook=hook, corpus=self.corpus, dtype=self.dtype, **self._common())
 
     def steer_config(self, down_path: str, down_hook: str | None) -> SteerConfig:
-        return SteerConfig(downstream_sae=down_path, downstream_hook=down_hook, seed=self.seed,
-                           device=self.device, trust_remote_code=self.trust_remote_code,
-                           **self.steer)
+        return SteerConfig(**dataclasses.asdict(self.steer), downstream_sae=down_path,
+                           downstream_hook=down_hook, **self._common())
 
     def fit_config(self) -> FitConfig:
-        return FitConfig(seed=self.seed, **self.fit)
+        return dataclasses.replace(self.fit, seed=self.seed)
 
     def resolved(self, section: str) -> dict[str, Any]:
         """Every field of a stage section, defaults filled in."""
-        if section == "train":
-            return dataclasses.asdict(TrainConfig(**self.train))
-        if section == "stats":
-            return dataclasses.asdict(self.stats_config("<sae>", None))
-        if section == "steer":
-            return dataclasses.asdict(self.steer_config("<sae>", None))
-        return dataclasses.asdict(self.fit_config())
+        return dataclasses.asdict(getattr(self, section))
+
+
+def changed(obj: Any, *skip: str) -> dict[str, Any]:
+    """The fields of a dataclass instance that differ from their defaults."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory())  # type: ignore[misc]
+        value = getattr(obj, f.name)
+        if f.name not in skip and value != default:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def embedded_saes(width: int, hook: str = "blocks.12.hook_resid_post",
@@ -200,7 +225,7 @@ def embedded_saes(width: int, hook: str = "blocks.12.hook_resid_post",
                   ) -> tuple[list[SAEEntry], SAEEntry]:
     """The default study's SAEs: TopK, ReLU and JumpReLU of width W at ``hook`` (architecture),
     TopK at W and 4W (width); S' a TopK of width W at ``down_hook``."""
-    layer = HookPoint.parse(hook).layer
+    layer = parse_hook(hook)[0]
     saes = [
         SAEEntry(f"l{layer}-topk-{width}", arch="topk", width=width, hook=hook,
                  roles=["architecture", "width"]),
@@ -211,7 +236,7 @@ def embedded_saes(width: int, hook: str = "blocks.12.hook_resid_post",
         SAEEntry(f"l{layer}-topk-{4 * width}", arch="topk", width=4 * width, hook=hook,
                  roles=["width"]),
     ]
-    down = SAEEntry(f"l{HookPoint.parse(down_hook).layer}-topk-{width}-downstream", arch="topk",
+    down = SAEEntry(f"l{parse_hook(down_hook)[0]}-topk-{width}-downstream", arch="topk",
                     width=width, hook=down_hook)
     return saes, down
 
@@ -272,57 +297,51 @@ def build_config(raw: dict[str, Any], preset: str, source: str | None = None) ->
     if "trust_remote_code" in raw:
         cfg.trust_remote_code = _typed(raw["trust_remote_code"], bool, "trust_remote_code")
     width = _typed(raw.get("width", base["width"]), int, "width")
-    ModelSpec.parse(cfg.model)
-    check_corpus_spec(cfg.corpus)
     if cfg.device not in ("cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise SpecError(f"device {cfg.device!r} is not cpu or cuda", "set device = \"cpu\"")
     if cfg.dtype not in ("float32", "bfloat16"):
         raise SpecError(f"dtype {cfg.dtype!r} is not float32 or bfloat16",
                         "set dtype = \"float32\"")
-
-    for section in STAGE_CLASSES:
+    for section in SECTIONS:
         given = raw.get(section, {})
         if not isinstance(given, dict):
             raise SpecError(f"[{section}] must be a table of settings",
                             f"write [{section}] followed by key = value lines")
-        setattr(cfg, section, {**base[section], **_section(section, given)})
-
-    if "sae" in raw:
-        tables = raw["sae"]
-        if not isinstance(tables, list) or not tables:
-            raise SpecError("`sae` must be a list of SAE tables", "write one [[sae]] table per "
-                            "SAE you compare")
-        cfg.saes = [_entry(t, f"[[sae]] #{i + 1}", width) for i, t in enumerate(tables)]
-        if "downstream" not in raw:
-            raise SpecError("the config lists SAEs but no [downstream] SAE",
-                            "add a [downstream] table (S' at a later hook, the same for all "
-                            "SAEs): spec = \"...\" or arch/width/hook to train one")
-        if not isinstance(raw["downstream"], dict):
-            raise SpecError("[downstream] must be a table",
-                            "write [downstream] followed by spec = ... or arch/width/hook lines")
-        cfg.downstream = _entry({"name": "downstream", **raw["downstream"]}, "[downstream]",
-                                width)
-    elif "downstream" in raw:
-        raise SpecError("a [downstream] table without [[sae]] tables",
-                        "list the SAEs to compare as [[sae]] tables")
-    else:  # the built-in embedded study, sized by the preset
-        cfg.saes, cfg.downstream = embedded_saes(width)
+        setattr(cfg, section, _settings(section, {**base[section], **_section(section, given)}))
+    cfg.saes, cfg.downstream = _saes(raw, width)
     _check_study(cfg)
     return cfg
+
+
+def _saes(raw: dict[str, Any], width: int) -> tuple[list[SAEEntry], SAEEntry]:
+    if "sae" not in raw:
+        if "downstream" in raw:
+            raise SpecError("a [downstream] table without [[sae]] tables",
+                            "list the SAEs to compare as [[sae]] tables")
+        return embedded_saes(width)  # the built-in embedded study, sized by the preset
+    tables = raw["sae"]
+    if not isinstance(tables, list) or not tables:
+        raise SpecError("`sae` must be a list of SAE tables", "write one [[sae]] table per "
+                        "SAE you compare")
+    saes = [_entry(t, f"[[sae]] #{i + 1}", width) for i, t in enumerate(tables)]
+    if "downstream" not in raw:
+        raise SpecError("the config lists SAEs but no [downstream] SAE",
+                        "add a [downstream] table (S' at a later hook, the same for all "
+                        "SAEs): spec = \"...\" or arch/width/hook to train one")
+    if not isinstance(raw["downstream"], dict):
+        raise SpecError("[downstream] must be a table",
+                        "write [downstream] followed by spec = ... or arch/width/hook lines")
+    return saes, _entry({"name": "downstream", **raw["downstream"]}, "[downstream]", width)
 
 
 def _entry(t: Any, where: str, width: int) -> SAEEntry:
     if not isinstance(t, dict):
         raise SpecError(f"{where} must be a table", "write name = ..., spec = ... lines")
-    fields = [f.name for f in dataclasses.fields(SAEEntry)]
-    _unknown(t, fields, where)
+    _unknown(t, [f.name for f in dataclasses.fields(SAEEntry)], where)
     if "name" not in t:
         raise SpecError(f"{where} has no name", "add name = \"...\" (its run folder's name)")
-    kw: dict[str, Any] = {}
     hints = typing.get_type_hints(SAEEntry)
-    for k, v in t.items():
-        kw[k] = _typed(v, hints[k], f"{where}.{k}")
-    e = SAEEntry(**kw)
+    e = SAEEntry(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in t.items()})
     if not e.name or not all(c.isalnum() or c in "-_." for c in e.name) or e.name[0] == ".":
         raise SpecError(f"{where}: name {e.name!r} is not a folder name",
                         "use letters, digits, '-', '_' and '.'")
@@ -339,12 +358,8 @@ def _entry(t: Any, where: str, width: int) -> SAEEntry:
         e.width = e.width or width
         if e.width < 2:
             raise SpecError(f"{where}: width must be at least 2", "set width = 2048")
-    else:
-        from steerscreen.saes.io import check_sae_spec
-
-        check_sae_spec(e.spec or "")
     if e.hook is not None:
-        HookPoint.parse(e.hook)
+        parse_hook(e.hook)
     return e
 
 
@@ -357,9 +372,9 @@ def _check_study(cfg: StudyConfig) -> None:
     down = cfg.downstream
     assert down is not None
     if down.hook is not None:
-        d = HookPoint.parse(down.hook)
+        d = _depth(down.hook)
         for e in cfg.saes:
-            if e.hook is not None and HookPoint.parse(e.hook).depth >= d.depth:
+            if e.hook is not None and _depth(e.hook) >= d:
                 raise SpecError(f"SAE {e.name!r} at {e.hook} does not lie before the downstream "
                                 f"hook {down.hook}", "put S' at a later layer")
     # Build every stage config once: their own checks run now, before anything is loaded.
@@ -371,8 +386,13 @@ def _check_study(cfg: StudyConfig) -> None:
     cfg.fit_config()
 
 
+def _depth(hook: str) -> float:
+    layer, kind = parse_hook(hook)
+    return layer + {"resid_pre": 0.0, "attn_out": 0.25, "mlp_out": 0.5, "resid_post": 0.75}[kind]
+
+
 def _section(section: str, given: dict[str, Any]) -> dict[str, Any]:
-    cls = STAGE_CLASSES[section]
+    cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
     allowed = [f.name for f in dataclasses.fields(cls) if f.name not in OWNED[section]]
     owned = sorted(set(given) & set(OWNED[section]))
@@ -396,7 +416,7 @@ def _unknown(given: dict[str, Any], allowed: Any, where: str) -> None:
 
 
 def _typed(value: Any, tp: Any, where: str) -> Any:
-    """``value`` checked (and, for lists, converted) against the annotation ``tp``."""
+    """``value`` checked (and, for lists, converted) against the field annotation ``tp``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -434,5 +454,6 @@ def _typed(value: Any, tp: Any, where: str) -> Any:
     return float(value) if tp is float else value
 
 
-__all__ = ["OWNED", "PRESETS", "PRESET_BUDGET_S", "PRESET_VALUES", "ROLES", "SAEEntry",
-           "StudyConfig", "build_config", "embedded_saes", "load_config", "read_config_file"]
+__all__ = ["OWNED", "PRESETS", "PRESET_BUDGET_S", "PRESET_VALUES", "ROLES", "SECTIONS",
+           "STAGE_CLASSES", "TOP_FIELDS", "SAEEntry", "StudyConfig", "build_config", "changed",
+           "embedded_saes", "load_config", "read_config_file"]

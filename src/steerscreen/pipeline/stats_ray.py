@@ -31,17 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from steerscreen import cluster
 from steerscreen.corpus import Contexts
 from steerscreen.errors import ArtifactError
+from steerscreen.layout import STATS_SHARDS
 from steerscreen.models import load_model, model_sha256
-from steerscreen.runs import RunDir
+from steerscreen.pipeline import checkpoint, cluster
+from steerscreen.pipeline.runs import RunDir
 from steerscreen.saes.io import load_sae
-from steerscreen.stats import checkpoint
 from steerscreen.stats.accumulators import StatsAccumulator, StatsOptions
 from steerscreen.stats.collect import collect_stats
 
-SHARD_DIR = ".stats_shards"
+SHARD_DIR = STATS_SHARDS
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def ray_pass(cfg: Any, run: RunDir, contexts: Contexts, hook: str, inputs: dict[
                        model=cfg.model, dtype=cfg.dtype, device=cfg.device,
                        trust_remote_code=cfg.trust_remote_code, sae=cfg.sae, hook=hook,
                        model_sha256=inputs["model_sha256"], sae_sha256=inputs["sae_sha256"],
-                       options=cfg.options().__dict__.copy(), batch_size=cfg.batch_size,
+                       options=StatsOptions.of(cfg).__dict__.copy(), batch_size=cfg.batch_size,
                        final_norm_contexts=cfg.final_norm_contexts, task_cpus=cfg.task_cpus)
              for i in todo]
     merged.drain()  # the recorded shards that lead the pass

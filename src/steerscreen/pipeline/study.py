@@ -1,6 +1,6 @@
 """The main job: train the SAEs a study needs, then stats -> steer -> fit per SAE, compare, report.
 
-Layout (METHOD §5)::
+Layout (docs/method.md §5)::
 
     STUDY/study.json            the resolved config, the runs, stage timings, the headline
     STUDY/saes/NAME/            SAEs steerscreen trained (SAELens folders, with their summary)
@@ -17,21 +17,22 @@ dose calibration is computed once and shared by the runs (it does not depend on 
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from steerscreen import __version__
+from steerscreen import __version__, config
+from steerscreen.config import SAEEntry, StudyConfig
 from steerscreen.errors import ArtifactError
-from steerscreen.files import atomic_dir, atomic_path, write_json
-from steerscreen.runs import StageConflict, environment, utc_now
-from steerscreen.study.config import SAEEntry, StudyConfig
-from steerscreen.study.plan import Plan, format_duration, make_plan
+from steerscreen.files import atomic_dir, utc_now, write_json
+from steerscreen.layout import COMPARISON, RUNS, SCREENING, STUDY_FILE, STUDY_FORMAT, SUMMARY
+from steerscreen.pipeline.plan import Plan, describe_plan, format_duration, make_plan
+from steerscreen.pipeline.runs import StageConflict, environment
+from steerscreen.pipeline.stage import Timer
+from steerscreen.pipeline.train import SUMMARY as TRAIN_SUMMARY
 
-STUDY_FORMAT = "steerscreen-study/1"
-STUDY_FILE = "study.json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class StudyRun:
 
 @dataclass(frozen=True)
 class Headline:
-    """The three numbers a study ends on (the first SAE's run, METHOD §4)."""
+    """The three numbers a study ends on (the first SAE's run, docs/method.md §4)."""
 
     run: str
     delta_rho: float | None  # primary endpoint: full vs freq+mag, cleanliness @ fresh
@@ -88,6 +89,20 @@ class StudyResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def check_study(cfg: StudyConfig) -> None:
+    """What a study file cannot check alone, before anything loads: the model, corpus and SAE
+    specs name something that exists (or could be fetched)."""
+    from steerscreen.corpus import check_corpus_spec
+    from steerscreen.models import ModelSpec
+    from steerscreen.saes.io import check_sae_spec
+
+    ModelSpec.parse(cfg.model)
+    check_corpus_spec(cfg.corpus)
+    for e in [*cfg.saes, cfg.downstream]:
+        if e is not None and not e.trained:
+            check_sae_spec(e.spec or "")
+
+
 def run_study(cfg: StudyConfig, out: str | Path, *, force: bool = False,
               make_report: bool = True, model: Any = None,
               log: Callable[[str], None] | None = None, progress: bool = True,
@@ -99,78 +114,96 @@ def run_study(cfg: StudyConfig, out: str | Path, *, force: bool = False,
     study (``--resume``; a rerun resumes anyway)."""
     say = log or (lambda _m: None)
     folder = Path(out)
+    check_study(cfg)
     plan = make_plan(cfg)
     if resume:
         _require_study(folder, force)
     _guard(folder, cfg, force)
     folder.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"format": STUDY_FORMAT, "steerscreen_version": __version__,
-                              "name": cfg.name, "preset": cfg.preset, "source": cfg.source,
-                              "config": cfg.record(), "status": "running",
-                              "started_utc": utc_now(),
-                              "environment": environment(cfg.device, cfg.dtype),
-                              "plan": [asdict(s) for s in plan.steps], "timings": {}}
-    write_json(folder / STUDY_FILE, record)
-    timings: dict[str, float] = record["timings"]
-
-    def timed(key: str, fn: Callable[[], Any]) -> Any:
-        t = time.perf_counter()
-        value = fn()
-        timings[key] = round(time.perf_counter() - t, 3)
-        write_json(folder / STUDY_FILE, record)  # progress survives an interruption
-        return value
-
-    from steerscreen.models import load_model
-    from steerscreen.saes.io import load_sae
-    from steerscreen.screening.stage import run_fit
-    from steerscreen.stats.stage import run_stats
-    from steerscreen.steering.stage import run_steer
-
+    job = _Job(folder, {"format": STUDY_FORMAT, "steerscreen_version": __version__,
+                        "name": cfg.name, "preset": cfg.preset, "source": cfg.source,
+                        "config": cfg.record(), "status": "running", "started_utc": utc_now(),
+                        "environment": environment(cfg.device, cfg.dtype),
+                        "plan": [asdict(s) for s in plan.steps], "timings": {}})
     if model is None:
+        from steerscreen.models import load_model
+
         say(f"loading {cfg.model} on {cfg.device}")
-        model = timed("load_model", lambda: load_model(cfg.model, cfg.device, cfg.dtype,
-                                                       trust_remote_code=cfg.trust_remote_code))
-    paths = timed("train", lambda: _train(cfg, folder, model, say))
-    down = cfg.downstream
-    assert down is not None
-    down_spec = paths.get(down.name, down.spec or "")
-    down_sae = load_sae(down_spec, device=cfg.device)
-    runs = [StudyRun(e.name, f"runs/{e.name}", paths.get(e.name, e.spec or ""), e.hook,
-                     e.arch if e.trained else None, e.width, list(e.roles)) for e in cfg.saes]
-    record["runs"] = [asdict(r) for r in runs]
-    record["downstream"] = {"name": down.name, "sae": down_spec, "hook": down.hook}
-    calibrations: dict = {}
-    n = len(runs)
-    for i, r in enumerate(runs):
-        run_dir = folder / r.path
-        say(f"[{i + 1}/{n}] {r.name}: stats")
-        timed(f"stats/{r.name}", lambda r=r, run_dir=run_dir: _stage(force, lambda f: run_stats(
-            cfg.stats_config(r.sae, r.hook), run_dir, force=f, model=model,
-            progress=progress, log=say)))
-        say(f"[{i + 1}/{n}] {r.name}: steer")
-        timed(f"steer/{r.name}", lambda run_dir=run_dir: _stage(force, lambda f: run_steer(
-            cfg.steer_config(down_spec, down.hook), run_dir, force=f, model=model,
-            down=down_sae, calibrations=calibrations, progress=progress, log=say)))
-        say(f"[{i + 1}/{n}] {r.name}: fit")
-        timed(f"fit/{r.name}", lambda run_dir=run_dir: _stage(force, lambda f: run_fit(
-            cfg.fit_config(), run_dir, force=f, log=say)))
-    if n > 1:
+        model = job.timed("load_model", lambda: load_model(
+            cfg.model, cfg.device, cfg.dtype, trust_remote_code=cfg.trust_remote_code))
+    paths = job.timed("train", lambda: _train(cfg, folder, model, say))
+    runs = _run_all(cfg, job, paths, model, force, progress, say)
+    if len(runs) > 1:
         say("comparing runs (transfer)")
-        timed("compare", lambda: _compare(cfg, folder, runs))
-    result = StudyResult(folder, runs, plan, timings=timings)
+        job.timed("compare", lambda: _compare(cfg, folder, runs))
+    result = StudyResult(folder, runs, plan, timings=job.record["timings"])
     result.headline = headline(folder, runs[0])
-    record["headline"] = asdict(result.headline) if result.headline else None
-    record |= {"status": "complete", "finished_utc": utc_now()}
-    write_json(folder / STUDY_FILE, record)
+    job.record["headline"] = asdict(result.headline) if result.headline else None
+    job.record |= {"status": "complete", "finished_utc": utc_now()}
+    job.save()
     if make_report:  # last: it reads study.json (status, timings) like any other reader
         say("writing the report")
         from steerscreen.report import write_report
 
-        for r in runs:  # each run folder gets its own report too (METHOD §5)
-            timed(f"report/{r.name}", lambda r=r: write_report(folder / r.path))
-        rep = timed("report", lambda: write_report(folder))
-        result.report = Path(rep.html)
+        for r in runs:  # each run folder gets its own report too
+            job.timed(f"report/{r.name}", lambda r=r: write_report(folder / r.path))
+        result.report = Path(job.timed("report", lambda: write_report(folder)).html)
     return result
+
+
+@dataclass
+class _Job:
+    """The study's record (study.json), saved after every timed step."""
+
+    folder: Path
+    record: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.folder / STUDY_FILE, self.record)
+
+    def timed(self, key: str, fn: Callable[[], T]) -> T:
+        timer = Timer()
+        value = timer.timed(key, fn)
+        self.record["timings"][key] = round(timer.timings[key], 3)
+        self.save()  # progress survives an interruption
+        return value
+
+
+def _run_all(cfg: StudyConfig, job: _Job, paths: dict[str, str], model: Any, force: bool,
+             progress: bool, say: Callable[[str], None]) -> list[StudyRun]:
+    """stats -> steer -> fit for every SAE (one run folder each, one S' and dose for all)."""
+    from steerscreen.pipeline.fit import run_fit
+    from steerscreen.pipeline.stats import run_stats
+    from steerscreen.pipeline.steer import run_steer
+    from steerscreen.saes.io import load_sae
+
+    down = cfg.downstream
+    assert down is not None
+    down_spec = paths.get(down.name, down.spec or "")
+    down_sae = load_sae(down_spec, device=cfg.device)
+    runs = [StudyRun(e.name, f"{RUNS}/{e.name}", paths.get(e.name, e.spec or ""), e.hook,
+                     e.arch if e.trained else None, e.width, list(e.roles)) for e in cfg.saes]
+    job.record["runs"] = [asdict(r) for r in runs]
+    job.record["downstream"] = {"name": down.name, "sae": down_spec, "hook": down.hook}
+    calibrations: dict = {}
+    for i, r in enumerate(runs):
+        run_dir, step = job.folder / r.path, f"[{i + 1}/{len(runs)}] {r.name}"
+        say(f"{step}: stats")
+        job.timed(f"stats/{r.name}", lambda r=r, run_dir=run_dir: _stage(
+            force, lambda f: run_stats(cfg.stats_config(r.sae, r.hook), run_dir, force=f,
+                                       model=model, progress=progress, log=say)))
+        say(f"{step}: steer")
+        job.timed(f"steer/{r.name}", lambda run_dir=run_dir: _stage(
+            force, lambda f: run_steer(cfg.steer_config(down_spec, down.hook), run_dir,
+                                       force=f, model=model, down=down_sae,
+                                       calibrations=calibrations, progress=progress, log=say)))
+        say(f"{step}: fit")
+        job.timed(f"fit/{r.name}", lambda run_dir=run_dir: _stage(
+            force, lambda f: run_fit(cfg.fit_config(), run_dir, force=f, log=say)))
+    return runs
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -225,7 +258,7 @@ def _guard(folder: Path, cfg: StudyConfig, force: bool) -> None:
 def _train(cfg: StudyConfig, folder: Path, model: Any, say: Callable[[str], None]
            ) -> dict[str, str]:
     """Train (or take from the cache) every SAE without a spec; -> name: study-local folder."""
-    from steerscreen.saes.training import train_saes
+    from steerscreen.pipeline.train import train_saes
 
     entries: list[SAEEntry] = [e for e in [*cfg.saes, cfg.downstream]
                                if e is not None and e.trained]
@@ -236,7 +269,7 @@ def _train(cfg: StudyConfig, folder: Path, model: Any, say: Callable[[str], None
     paths: dict[str, str] = {}
     for e, s in zip(entries, summaries, strict=True):
         dest = folder / "saes" / e.name
-        summary_file = dest / "training_summary.json"
+        summary_file = dest / TRAIN_SUMMARY
         if not (summary_file.is_file() and _same_key(summary_file, s.cache_key)):
             with atomic_dir(dest) as tmp:
                 shutil.copytree(s.sae_path, tmp, dirs_exist_ok=True)
@@ -257,26 +290,23 @@ def _same_key(summary_file: Path, key: str) -> bool:
 
 
 def _compare(cfg: StudyConfig, folder: Path, runs: list[StudyRun]) -> None:
-    from steerscreen.screening.transfer import compare
-
-    transfer, per_run = compare([folder / r.path for r in runs], seed=cfg.seed)
-    names = {str(folder / r.path): r.name for r in runs}
     import polars as pl
 
+    from steerscreen.pipeline.compare import compare, write_comparison
+
+    c = compare([folder / r.path for r in runs], seed=cfg.seed)
+    names = {str(folder / r.path): r.name for r in runs}
     # Run names, not absolute paths: the study folder can move.
-    transfer = transfer.with_columns(pl.col("train").replace(names), pl.col("test").replace(names))
-    per_run = per_run.with_columns(pl.col("run").replace(names))
-    out = folder / "comparison"
-    out.mkdir(exist_ok=True)
-    for name, df in (("transfer.parquet", transfer), ("runs.parquet", per_run)):
-        with atomic_path(out / name) as tmp:
-            df.write_parquet(tmp)
+    write_comparison(c._replace(
+        transfer=c.transfer.with_columns(pl.col("train").replace(names),
+                                         pl.col("test").replace(names)),
+        per_run=c.per_run.with_columns(pl.col("run").replace(names))), folder / COMPARISON)
 
 
 def headline(folder: Path, run: StudyRun) -> Headline | None:
     import json
 
-    path = folder / run.path / "screening" / "summary.json"
+    path = folder / run.path / SCREENING / SUMMARY
     try:
         s = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -293,20 +323,46 @@ def headline(folder: Path, run: StudyRun) -> Headline | None:
                     p.get("n"), p.get("mde"), p.get("verdict"))
 
 
-def describe_plan(plan: Plan) -> list[str]:
-    """The plan as lines (the CLI prints a table; logs and tests use this)."""
-    lines = [f"{s.stage:8s} {s.target:28s} {format_duration(s.estimate_s):>9s}  {s.work}"
-             for s in plan.steps]
-    total = plan.total_s
-    budget = plan.budget_s
-    if total is None:
-        lines.append("estimated total: no time estimate for this model and device (estimates "
-                     "cover the embedded models on CPU)")
-    else:
-        lines.append(f"estimated total {format_duration(total)}"
-                     + (f" (budget {format_duration(budget)})" if budget else ""))
-    return lines
+def load_config(path: str | Path | None, preset: str | None = None) -> StudyConfig:
+    """:func:`steerscreen.config.load_config` plus :func:`check_study`: what ``run`` and
+    ``plan`` read."""
+    cfg = config.load_config(path, preset)
+    check_study(cfg)
+    return cfg
 
 
-__all__ = ["STUDY_FILE", "Headline", "StudyResult", "StudyRun", "describe_plan", "headline",
-           "run_study"]
+def build_config(raw: dict[str, Any], preset: str, source: str | None = None) -> StudyConfig:
+    """:func:`steerscreen.config.build_config` plus :func:`check_study`."""
+    cfg = config.build_config(raw, preset, source)
+    check_study(cfg)
+    return cfg
+
+
+def print_result(res: StudyResult, console: Any) -> None:
+    """The study's closing lines: its time, the headline (with power), the report."""
+    from rich.markup import escape
+
+    total = sum(v for k, v in res.timings.items() if "/" in k or k in (
+        "load_model", "train", "compare", "report"))
+    console.print(f"[bold]study complete[/] in {format_duration(total)}")
+    if res.headline is not None:
+        console.print(f"headline ({escape(res.headline.run)}, cleanliness on fresh contexts):")
+        for line in res.headline.lines():
+            console.print(f"  {escape(line)}")
+    if res.report is not None:
+        console.print(f"report: {escape(str(res.report))}")
+
+
+__all__ = [
+    "STUDY_FILE",
+    "Headline",
+    "StudyResult",
+    "StudyRun",
+    "build_config",
+    "check_study",
+    "describe_plan",
+    "headline",
+    "load_config",
+    "print_result",
+    "run_study",
+]

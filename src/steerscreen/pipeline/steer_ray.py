@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from steerscreen import cluster
 from steerscreen.corpus import Contexts
 from steerscreen.errors import ArtifactError
 from steerscreen.models import load_model, model_sha256
+from steerscreen.pipeline import cluster, shards
 from steerscreen.saes.io import load_sae
-from steerscreen.steering import shards
 from steerscreen.steering.engine import SteeringEngine, aligned_rows, cache_bytes
 
 

@@ -11,8 +11,9 @@ folder: it writes and records every finished shard as it arrives, so
 - a driver that dies loses nothing recorded: rerunning the command resumes with the shards
   still missing.
 
-This module owns the Ray side only: the options every stage shares (:class:`ClusterOptions`,
-mixed into the stage configs, so they are also the CLI's options), connecting to or starting a
+This module owns the Ray side only: the options every stage shares
+(:class:`~steerscreen.config.ClusterOptions`, part of the stage configs, so they are also the
+CLI's options), connecting to or starting a
 cluster, running tasks with resources and retries, turning failures into actionable errors,
 and a per-process cache so a worker loads the model once for all the tasks it runs. Ray is an
 optional extra (``pip install 'steerscreen[ray]'``) and is imported only when asked for.
@@ -26,70 +27,16 @@ driver loads the model too (tokenising, hashing, and the steer stage's dose cali
 from __future__ import annotations
 
 import contextlib
-import math
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from steerscreen.errors import SpecError, SteerscreenError
+from steerscreen.config import ClusterOptions
+from steerscreen.errors import SteerscreenError
 
-BACKENDS = ("local", "ray")
-CLUSTER_FIELDS = ("backend", "address", "workers", "task_cpus", "task_gpus", "max_retries")
+CLUSTER_FIELDS = ClusterOptions.FIELDS
 """ClusterOptions' fields: where a stage runs, never what it computes (not in its record)."""
 RAY_EXTRA = "pip install 'steerscreen[ray]'"
-
-
-@dataclass(kw_only=True)
-class ClusterOptions:
-    """Where a stage's shards run; mixed into ``StatsConfig`` and ``SteerConfig``."""
-
-    backend: str = "local"
-    """local (this process) or ray (one Ray task per shard; needs steerscreen[ray])."""
-    address: str | None = None
-    """Ray cluster to join: auto, HOST:PORT or ray://HOST:10001; None starts a local Ray
-    instance for this run (stopped at the end)."""
-    workers: int | None = None
-    """CPUs of the local Ray instance (None: all of this machine's); not with address."""
-    task_cpus: float = 1.0
-    """CPUs per Ray task (also its torch threads)."""
-    task_gpus: float | None = None
-    """GPUs per Ray task (None: 1 with --device cuda, else 0)."""
-    max_retries: int = 3
-    """Times Ray reruns a task whose worker died before it gives up."""
-
-    def check_cluster(self) -> None:
-        """Range checks (called by the stage configs' ``__post_init__``)."""
-        if self.backend not in BACKENDS:
-            raise SpecError(f"unknown backend {self.backend!r}",
-                            "pass --backend local (this process) or --backend ray")
-        if self.workers is not None and self.workers < 1:
-            raise SpecError(f"workers must be >= 1, got {self.workers}", "pass --workers 2")
-        if not (math.isfinite(self.task_cpus) and self.task_cpus > 0):
-            raise SpecError(f"task_cpus must be > 0, got {self.task_cpus}",
-                            "pass --task-cpus 1")
-        if self.task_gpus is not None and not (math.isfinite(self.task_gpus)
-                                                and self.task_gpus >= 0):
-            raise SpecError(f"task_gpus must be >= 0, got {self.task_gpus}",
-                            "pass --task-gpus 1 (or 0.5 to share a GPU between two tasks)")
-        if self.max_retries < 0:
-            raise SpecError(f"max_retries must be >= 0, got {self.max_retries}",
-                            "pass --max-retries 3")
-        if self.backend == "local" and (self.address is not None or self.workers is not None):
-            raise SpecError("--address and --workers are Ray options",
-                            "add --backend ray, or drop them")
-        if self.address is not None and self.workers is not None:
-            raise SpecError("--workers sizes a local Ray instance, but --address joins a "
-                            "cluster whose size is its own",
-                            "drop --workers (or --address to start a local instance)")
-
-    def resources(self, device: str) -> dict[str, float]:
-        gpus = self.task_gpus if self.task_gpus is not None else (
-            1.0 if str(device).startswith("cuda") else 0.0)
-        return {"num_cpus": float(self.task_cpus), "num_gpus": float(gpus)}
-
-    def describe(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in CLUSTER_FIELDS}
 
 
 def import_ray() -> Any:
@@ -230,5 +177,5 @@ def task_threads(task_cpus: float) -> None:
         torch.set_num_threads(n)
 
 
-__all__ = ["BACKENDS", "CLUSTER_FIELDS", "RAY_EXTRA", "ClusterOptions", "connected",
+__all__ = ["CLUSTER_FIELDS", "RAY_EXTRA", "connected",
            "import_ray", "run_tasks", "session", "task_threads", "worker_cached"]

@@ -36,9 +36,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from steerscreen.files import atomic_path, sha256_file
+from steerscreen.layout import CHECKPOINT
 from steerscreen.stats.accumulators import StatsAccumulator
 
-CHECKPOINT_DIR = ".stats_checkpoint"
+CHECKPOINT_DIR = CHECKPOINT
 FORMAT = "steerscreen-stats-checkpoint/1"
 
 
@@ -47,7 +48,7 @@ def write_state(folder: Path, stem: str, acc: StatsAccumulator, key: str,
     """Write ``STEM.safetensors`` (every tensor) and then ``STEM.json`` (the scalars, ``key``,
     ``meta`` and the tensors' sha256), each atomically -> {file name: sha256}.
 
-    The state files of a checkpoint and of a Ray stats shard (:mod:`.distributed`)."""
+    The state files of a checkpoint and of a Ray stats shard (:mod:`.stats_ray`)."""
     state = acc.state_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()
                if isinstance(v, torch.Tensor)}

@@ -9,9 +9,10 @@ before committing to it, not as a promise. Other models get the work counts with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from steerscreen.config import PRESET_BUDGET_S, StudyConfig
 from steerscreen.models import HookPoint
-from steerscreen.study.config import PRESET_BUDGET_S, StudyConfig
 
 # Measured on 2 CPU cores, SmolLM2-135M (d_model 576, vocabulary 49,152; docs/benchmarks.md).
 _CPU_RATES = {
@@ -78,7 +79,7 @@ def make_plan(cfg: StudyConfig) -> Plan:
         if rates and layer is not None and width:
             est = (st["tokens"] * (layer + 1) / rates["layer_tokens_per_s"]
                    * rates["stats_overhead"] + rates["table_s_per_4096"] * width / 4096)
-        steps.append(PlanStep("stats", e.name, f"{st['tokens']:,} tokens, every METHOD §1 "
+        steps.append(PlanStep("stats", e.name, f"{st['tokens']:,} tokens, every docs/method.md §1 "
                               "column", est))
         est = None
         if rates:
@@ -113,3 +114,37 @@ def format_duration(s: float | None) -> str:
 
 
 __all__ = ["Plan", "PlanStep", "format_duration", "make_plan"]
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """The plan as lines (the CLI prints a table; logs and tests use this)."""
+    lines = [f"{s.stage:8s} {s.target:28s} {format_duration(s.estimate_s):>9s}  {s.work}"
+             for s in plan.steps]
+    total = plan.total_s
+    budget = plan.budget_s
+    if total is None:
+        lines.append("estimated total: no time estimate for this model and device (estimates "
+                     "cover the embedded models on CPU)")
+    else:
+        lines.append(f"estimated total {format_duration(total)}"
+                     + (f" (budget {format_duration(budget)})" if budget else ""))
+    return lines
+
+
+def print_plan(cfg: StudyConfig, out: object, console: Any) -> Plan:
+    """The plan as a table on ``console`` (stage, run, estimate, work) and its total."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    plan = make_plan(cfg)
+    table = Table(title=f"study {escape(cfg.name)}: {escape(cfg.model)}, preset {cfg.preset}, "
+                  f"{len(cfg.saes)} SAEs -> {escape(str(out))}")
+    for col in ("stage", "run", "estimate", "work"):
+        table.add_column(col)
+    for step in plan.steps:
+        table.add_row(step.stage, escape(step.target), format_duration(step.estimate_s),
+                      escape(step.work))
+    Console(stderr=True).print(table)
+    console.print(escape(describe_plan(plan)[-1]))
+    return plan

@@ -1,9 +1,11 @@
-"""The run folder (METHOD §5): file names, ``manifest.json``, stage records and the config guard.
+"""Writing a run folder: ``manifest.json``, stage records and the config guard.
 
-A run folder holds one SAE's results. Its ``manifest.json`` records the environment (versions,
-platform), the inputs (model, SAE, corpus: descriptions and hashes), the steering set-up METHOD
-§5 names, and a ``stages`` map: one record per pipeline stage with its config, the identity of
-its inputs, timings, results and the sha256 of every file it wrote.
+:class:`RunDir` is a :class:`~steerscreen.layout.RunLayout` (the file names and the reads) that
+the pipeline writes. A run folder holds one SAE's results. Its ``manifest.json`` records the
+environment (versions,
+platform), the inputs (model, SAE, corpus: descriptions and hashes), the steering set-up
+docs/method.md §5 names, and a ``stages`` map: one record per pipeline stage with its config, the
+identity of its inputs, timings, results and the sha256 of every file it wrote.
 
 The guard (:meth:`RunDir.check_stage`): a stage whose recorded config or inputs differ from the
 new ones is refused with an actionable error unless ``force``; the same config with a complete
@@ -20,37 +22,22 @@ tables via :meth:`RunDir.write_table`.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
 
 from steerscreen import __version__
-from steerscreen.errors import ArtifactError, SteerscreenError
-from steerscreen.files import atomic_path, sha256_file, sha256_json, user_path, write_json
-
-MANIFEST_FORMAT = "steerscreen-run/1"
-PROGRESS_KEYS = ("shards", "checkpoint")
-"""Stage-record keys a running stage keeps its resumable progress under."""
-
-
-def analysed_strength(strengths: Sequence[float]) -> float | None:
-    """The strength a run is analysed at by default: the first positive one recorded (s = 0
-    is the exactness check, where every outcome is 0 or NaN). None when there is none."""
-    return next((float(s) for s in strengths if s > 0), None)
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+from steerscreen.errors import SteerscreenError
+from steerscreen.files import atomic_path, sha256_file, sha256_json, utc_now, write_json
+from steerscreen.layout import MANIFEST_FORMAT, PROGRESS_KEYS, RunLayout
 
 
 def environment(device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
@@ -100,49 +87,8 @@ class StageCheck:
     """The existing stage record, if any."""
 
 
-class RunDir:
-    """One run folder: the METHOD §5 file names, the manifest and the stage records."""
-
-    MANIFEST = "manifest.json"
-    FEATURE_STATS = "feature_stats.parquet"
-    FEATURE_EXAMPLES = "feature_examples.parquet"
-    CONTEXTS = "contexts.parquet"
-    STEERING_OUTCOMES = "steering_outcomes.parquet"
-    STEERING_GRAM = "steering_gram.parquet"
-    SCREENING = "screening"
-    REPORT = "report.html"
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = user_path(path)
-
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.path / self.MANIFEST
-
-    # --- manifest ---------------------------------------------------------------------------
-    def read_manifest(self) -> dict[str, Any]:
-        """The manifest, or an empty skeleton when the folder has none yet."""
-        p = self.manifest_path
-        if not p.is_file():
-            return {"format": MANIFEST_FORMAT, "stages": {}}
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ArtifactError(f"{str(p)!r} is not valid JSON ({e})",
-                                "the manifest is corrupt: remove the run folder (or pass "
-                                "--force to start it again) and rerun") from e
-        stages = data.get("stages", {}) if isinstance(data, dict) else None
-        if not (isinstance(stages, dict) and all(isinstance(r, dict) for r in stages.values())):
-            raise ArtifactError(f"{str(p)!r} is not a steerscreen run manifest",
-                                "choose another --out folder")
-        data.setdefault("stages", {})
-        return data
+class RunDir(RunLayout):
+    """One run folder as the pipeline writes it: the manifest, the stage records, the guard."""
 
     def update_manifest(self, updates: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``updates`` into the manifest (nested dicts merge, other values replace) and
@@ -153,9 +99,6 @@ class RunDir:
         manifest["updated_utc"] = utc_now()
         write_json(self.manifest_path, manifest)
         return manifest
-
-    def stage(self, name: str) -> dict[str, Any] | None:
-        return self.read_manifest()["stages"].get(name)
 
     def discard_temp_files(self) -> list[str]:
         """Delete what atomic writes killed part-way left in the folder (``.NAME.*.tmp`` files,
@@ -304,17 +247,6 @@ class RunDir:
             df.write_parquet(tmp, compression="zstd", statistics=True)
             info = {"sha256": sha256_file(tmp), "rows": df.height, "bytes": tmp.stat().st_size}
         return info
-
-    def read_table(self, name: str) -> pl.DataFrame:
-        p = self.file(name)
-        if not p.is_file():
-            raise ArtifactError(f"{str(p)!r} does not exist",
-                                "run the stage that writes it first")
-        try:
-            return pl.read_parquet(p)
-        except Exception as e:  # polars raises several types for a bad file
-            raise ArtifactError(f"{str(p)!r} is not a readable parquet file ({e})",
-                                "rerun the stage that writes it (with --force)") from e
 
 
 def _stage_hash(config: Mapping[str, Any], inputs: Mapping[str, Any]) -> str:

@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from steerscreen.config import SAEEntry
 from steerscreen.errors import SpecError, SteerscreenError
 from steerscreen.models.loading import ModelSpec
-from steerscreen.study.config import SAEEntry
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,157 @@
+"""Where everything lives: every run and study file name, and the manifest schema.
+
+A **run** folder holds one SAE's results (docs/method.md §5); a **study** folder holds one run
+per SAE under ``runs/NAME/``, the comparison tables and the study report. This module names
+every file and folder of both, once, and reads them back: :class:`RunLayout` is a run folder
+seen read-only (the report and the analyses read through it; the pipeline's
+:class:`~steerscreen.pipeline.runs.RunDir` adds the writes and the stage guard).
+
+The manifest (``manifest.json``) is a JSON object: ``format`` (:data:`MANIFEST_FORMAT`),
+``created_utc`` / ``updated_utc``, the run's set-up (``model``, ``hook``, ``sae``,
+``sae_path``, ``corpus``, ``seeds``, ``environment``; after ``steer``: ``dose_mode``,
+``strengths``, ``alpha``, ``residual_norm``, ``downstream_hook``, ``downstream_sae``,
+``downstream_sae_path``) and ``stages``: one record per stage (:data:`STAGE_RECORD_KEYS`).
+
+Torch-free and cheap to import: reading a manifest must not cost a model library.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from steerscreen.errors import ArtifactError
+from steerscreen.files import user_path
+
+MANIFEST_FORMAT = "steerscreen-run/1"
+STUDY_FORMAT = "steerscreen-study/1"
+STAGES = ("stats", "steer", "fit")
+"""The stages a run folder records, in order."""
+STAGE_RECORD_KEYS = ("status", "started_utc", "finished_utc", "config", "inputs",
+                     "config_sha256", "depends_on", "timings_s", "outputs", "results",
+                     "stale_because")
+"""A stage record: ``status`` (running | complete | stale), its result-defining ``config``, the
+content hashes of its ``inputs``, ``outputs`` (file -> sha256, rows, bytes), ``timings_s``,
+``results`` and, while it runs, its resumable progress (:data:`PROGRESS_KEYS`)."""
+PROGRESS_KEYS = ("shards", "checkpoint")
+"""Stage-record keys a running stage keeps its resumable progress under."""
+
+# --- a run folder ---------------------------------------------------------------------------
+MANIFEST = "manifest.json"
+FEATURE_STATS = "feature_stats.parquet"
+FEATURE_EXAMPLES = "feature_examples.parquet"
+FEATURE_LOGIT_TOKENS = "feature_logit_tokens.parquet"
+FEATURE_DOSE_STATS = "feature_dose_stats.parquet"
+CONTEXTS = "contexts.parquet"
+STEERING_OUTCOMES = "steering_outcomes.parquet"
+STEERING_GRAM = "steering_gram.parquet"
+SCREENING = "screening"
+SCREENING_TABLES = ("cv_metrics", "comparisons", "confounds", "heldout", "predictions")
+"""``screening/NAME.parquet``, written by ``fit``."""
+PREDICTOR = "predictor.json"
+SUMMARY = "summary.json"
+SCREEN_TABLE = "screen.parquet"
+SCREEN_CSV = "screen.csv"
+REPORT = "report.html"
+REPORT_SUMMARY = "summary.md"
+FIGURES = "figures"
+STATS_SHARDS = ".stats_shards"
+"""Finished shards of a ``--backend ray`` stats pass (only while the stage runs)."""
+STEER_SHARDS = "steering_shards"
+"""Finished outcome shards of a steer stage (only while the stage runs)."""
+CHECKPOINT = ".stats_checkpoint"
+"""The local stats pass's checkpoint (only while the stage runs)."""
+
+TRAINING_SUMMARY = "training_summary.json"
+"""Beside a trained SAE's files: its config, held-out evaluation and cache key."""
+
+# --- a study folder -------------------------------------------------------------------------
+STUDY_FILE = "study.json"
+RUNS = "runs"
+COMPARISON = "comparison"
+TRANSFER = "transfer.parquet"
+PER_RUN = "runs.parquet"
+
+
+def analysed_strength(strengths: Sequence[float]) -> float | None:
+    """The strength a run is analysed at by default: the first positive one recorded (s = 0
+    is the exactness check, where every outcome is 0 or NaN). None when there is none."""
+    return next((float(s) for s in strengths if s > 0), None)
+
+
+def screening_file(name: str) -> str:
+    """``screening/NAME.parquet`` for a table name, ``screening/NAME`` for a file name."""
+    return f"{SCREENING}/{name}" if "." in name else f"{SCREENING}/{name}.parquet"
+
+
+def headline_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """A fit summary's primary endpoint, power and verdicts as one flat row."""
+    p = summary.get("primary_endpoint") or {}
+    row = {"rho_full": p.get("rho_full"), "rho_freq_mag": p.get("rho_baseline"),
+           "delta_rho": p.get("delta_rho"), "delta_lo": p.get("delta_lo"),
+           "delta_hi": p.get("delta_hi"),
+           "n_fit": p.get("n"), "detectable_delta_rho": p.get("mde"),
+           "primary_verdict": p.get("verdict")}
+    return row | {f"verdict_{k}": v for k, v in (summary.get("verdicts") or {}).items()}
+
+
+class RunLayout:
+    """One run folder, read-only: its file names, manifest, stage records and tables."""
+
+    MANIFEST = MANIFEST
+    FEATURE_STATS = FEATURE_STATS
+    FEATURE_EXAMPLES = FEATURE_EXAMPLES
+    CONTEXTS = CONTEXTS
+    STEERING_OUTCOMES = STEERING_OUTCOMES
+    STEERING_GRAM = STEERING_GRAM
+    SCREENING = SCREENING
+    REPORT = REPORT
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = user_path(path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest, or an empty skeleton when the folder has none yet."""
+        p = self.manifest_path
+        if not p.is_file():
+            return {"format": MANIFEST_FORMAT, "stages": {}}
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{str(p)!r} is not valid JSON ({e})",
+                                "the manifest is corrupt: remove the run folder (or pass "
+                                "--force to start it again) and rerun") from e
+        stages = data.get("stages", {}) if isinstance(data, dict) else None
+        if not (isinstance(stages, dict) and all(isinstance(r, dict) for r in stages.values())):
+            raise ArtifactError(f"{str(p)!r} is not a steerscreen run manifest",
+                                "choose another --out folder")
+        data.setdefault("stages", {})
+        return data
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return self.read_manifest()["stages"].get(name)
+
+    def read_table(self, name: str) -> pl.DataFrame:
+        p = self.file(name)
+        if not p.is_file():
+            raise ArtifactError(f"{str(p)!r} does not exist",
+                                "run the stage that writes it first")
+        try:
+            return pl.read_parquet(p)
+        except Exception as e:  # polars raises several types for a bad file
+            raise ArtifactError(f"{str(p)!r} is not a readable parquet file ({e})",
+                                "rerun the stage that writes it (with --force)") from e

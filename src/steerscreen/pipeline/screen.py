@@ -1,0 +1,107 @@
+"""``screen``: rank every feature of an SAE by predicted cleanliness, with no steering.
+
+:func:`run_screen` runs the stats pass for any SAE into its own folder (at the predictor's
+strength, so the dose-dependent columns match), adds ``base_pass`` when the predictor uses it
+(:func:`~steerscreen.pipeline.steer.base_pass`, the steer stage's own computation), applies the
+predictor and writes ``screen.parquet`` and ``screen.csv``: every feature ranked by predicted
+cleanliness (dead features last), with intervals and drivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import polars as pl
+
+from steerscreen.config import StatsConfig
+from steerscreen.errors import SpecError
+from steerscreen.layout import SCREEN_CSV, SCREEN_TABLE
+from steerscreen.models import HookedModel
+from steerscreen.pipeline.runs import RunDir
+from steerscreen.pipeline.stats import run_stats
+from steerscreen.pipeline.steer import base_pass
+from steerscreen.saes.io import LoadedSAE
+from steerscreen.screening.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class ScreenResult:
+    table: pl.DataFrame
+    parquet: Path
+    csv: Path
+
+
+def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Path, *,
+               downstream_sae: str | None = None, downstream_hook: str | None = None,
+               pass_positions: int = 256, force: bool = False,
+               log: Callable[[str], None] | None = None, model: HookedModel | None = None,
+               sae: LoadedSAE | None = None, down: LoadedSAE | None = None) -> ScreenResult:
+    """Stats pass for ``stats_cfg`` into ``out`` (at the predictor's strength), then rank.
+
+    ``model`` / ``sae`` / ``down``: already-loaded objects instead of the specs (tests)."""
+    predictor = Predictor.load(predictor_path)
+    s = float(predictor.dose["strength"])
+    if stats_cfg.strength != s:
+        stats_cfg = replace(stats_cfg, strength=s)
+    needs_pass = "base_pass" in predictor.columns
+    if needs_pass and downstream_sae is None and down is None:
+        raise SpecError("the predictor uses base_pass, which needs the downstream SAE",
+                        "pass --downstream-sae (and --downstream-hook) as used in training: "
+                        f"{predictor.trained_on.get('downstream_hook')}")
+    res = run_stats(stats_cfg, out, force=force, log=log, model=model, sae=sae,
+                    progress=log is not None)
+    run = RunDir(out)
+    stats = run.read_table(RunDir.FEATURE_STATS)
+    if needs_pass:
+        bp = _base_pass(stats_cfg, downstream_sae, downstream_hook, s * res.residual_norm,
+                        pass_positions, model, sae, down)
+        stats = stats.with_columns(pl.Series("base_pass", bp))
+    ranked = predictor.predict(stats)
+    flat = [o for o, m in predictor.models.items() if m.alpha is None]
+    if flat and log is not None:
+        log(f"note: the predictor found no signal for {', '.join(flat)} (its ridge chose the "
+            "intercept alone), so those scores are the same for every feature")
+    key = [pl.col("dead").cast(pl.Int8)] if "dead" in ranked.columns else []
+    ranked = ranked.sort([*key, pl.col("pred_cleanliness")], descending=[False] * len(key)
+                         + [True], nulls_last=True).with_row_index("rank", offset=1)
+    run.write_table(SCREEN_TABLE, ranked)
+    ranked.write_csv(run.file(SCREEN_CSV))
+    return ScreenResult(ranked, run.file(SCREEN_TABLE), run.file(SCREEN_CSV))
+
+
+def _base_pass(cfg: StatsConfig, down_spec: str | None, down_hook: str | None, alpha: float,
+               positions: int, model: HookedModel | None, sae: LoadedSAE | None,
+               down: LoadedSAE | None):  # -> np.ndarray
+    from steerscreen.corpus import load_corpus
+    from steerscreen.models import load_model
+    from steerscreen.saes import load_sae, validate_pairing
+
+    model = model or load_model(cfg.model, cfg.device, cfg.dtype,
+                                trust_remote_code=cfg.trust_remote_code)
+    sae = sae or load_sae(cfg.sae, device=cfg.device)
+    down = down or load_sae(str(down_spec), device=cfg.device)
+    dhp = validate_pairing(down, model, down_hook)
+    return base_pass(model, sae, down, dhp, cfg, load_corpus(cfg.corpus), positions, alpha)
+
+
+def print_screen(res: ScreenResult, top: int) -> None:
+    """The ``top`` cleanest features as a table on stdout."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"cleanest {min(top, res.table.height)} of {res.table.height} features")
+    for col in ("rank", "feature", "cleanliness", "90% interval", "stability", "spread",
+                "drivers"):
+        table.add_column(col)
+    for r in res.table.head(top).iter_rows(named=True):
+        table.add_row(str(r["rank"]), str(r["feature"]), f"{r['pred_cleanliness']:+.2f}",
+                      f"[{r['pred_cleanliness_lo']:+.2f}, {r['pred_cleanliness_hi']:+.2f}]",
+                      f"{r['pred_effect_stability']:.3f}", f"{r['pred_collateral_spread']:.2f}",
+                      escape(r["drivers"]))
+    Console().print(table)
+
+
+__all__ = ["ScreenResult", "print_screen", "run_screen"]

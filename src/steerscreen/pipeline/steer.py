@@ -1,0 +1,480 @@
+"""The ``steer`` stage: docs/method.md §2 interventions on a sample -> §3 outcomes in the run.
+
+:func:`run_steer` reads the model, SAE, hook, corpus and residual norm from the run's completed
+``stats`` stage, then
+
+1. draws the context sets (``calibration``, ``steering``, ``fresh``;
+   :mod:`steerscreen.steering.sampling`) and writes ``contexts.parquet``;
+2. samples features (stratified by ``base_freq`` decile) or takes the given ids, and adds the
+   seeded random null directions (``feature = -1 - i``);
+3. fixes the dose: explicit ``strengths``, or calibrated (:mod:`steerscreen.steering.dose`) so
+   that random directions cost ``target_kl`` nats on the calibration contexts;
+4. steers every direction on both context sets at every strength with :class:`SteeringEngine`,
+   writing finished directions to shards (``steering_shards/``) as they complete (with
+   ``backend="ray"``, one Ray task per shard: :mod:`.steer_ray`, the same rows bit for bit);
+5. gathers the shards into ``steering_outcomes.parquet`` and ``steering_gram.parquet``.
+
+At the (first) dose it also writes ``feature_dose_stats.parquet`` for every feature of S:
+``base_pass`` (needs S' and alpha) and ``logit_entropy`` / ``logit_top10_mass`` recomputed at the
+steering alpha (:func:`base_pass`, which ``screen`` uses too); the fit takes these over the
+stats table's.
+
+Interrupted (Ctrl-C, kill, crash), it resumes: a rerun with the same config and inputs
+reconciles the shards with the manifest's shard record (:mod:`.shards`: hashes checked, a shard
+written but not yet recorded adopted, a damaged one redone), never recomputes a finished
+direction, and reuses the recorded calibration and rows per forward (so the resumed rows round
+exactly as the finished ones did: the outcomes equal an uninterrupted run's bit for bit).
+``resume=True`` (``--resume``) only adds the check that the folder records a steer stage at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from steerscreen.config import StatsConfig, SteerConfig
+from steerscreen.corpus import Contexts, Corpus, load_corpus
+from steerscreen.errors import SpecError, SteerscreenError
+from steerscreen.files import sha256_file, sha256_json
+from steerscreen.layout import FEATURE_DOSE_STATS, STEER_SHARDS, analysed_strength
+from steerscreen.memory import check_fits
+from steerscreen.models import HookedModel, HookPoint, load_model, model_sha256
+from steerscreen.models.shape import read_model_shape
+from steerscreen.pipeline import shards, steer_ray
+from steerscreen.pipeline.checks import header_d_sae, model_bytes
+from steerscreen.pipeline.runs import RunDir, StageCheck, environment
+from steerscreen.pipeline.stage import StageResult, StageRun, progress, stage
+from steerscreen.pipeline.stats import describe_sae, stats_contexts
+from steerscreen.saes.io import LoadedSAE, load_sae, read_sae_header
+from steerscreen.saes.pairing import SAELike, validate_pairing
+from steerscreen.stats.geometry import unit_rows
+from steerscreen.stats.logits import logit_columns
+from steerscreen.steering.dose import Calibration, calibrate
+from steerscreen.steering.engine import SteeringEngine, cache_bytes, row_bytes
+from steerscreen.steering.passthrough import passthrough_pr, split_encoder
+from steerscreen.steering.sampling import (
+    context_sets,
+    parse_feature_ids,
+    random_directions,
+    stratified_features,
+)
+
+STAGE = "steer"
+SETS = ("steering", "fresh")
+DOSE_STATS = FEATURE_DOSE_STATS
+
+
+@dataclass(frozen=True, kw_only=True)
+class SteerResult(StageResult):
+    """What :func:`run_steer` did (also readable back from the manifest when skipped)."""
+
+    n_features: int
+    n_random: int
+    strengths: list[float]
+    alpha: list[float]
+    residual_norm: float
+    computed_directions: int
+    """(direction, strength, set) triples computed by this call (0 when all were resumed)."""
+
+    @property
+    def outcomes_path(self) -> Path:
+        return self.run.file(RunDir.STEERING_OUTCOMES)
+
+
+def check_steer(cfg: SteerConfig, stats: dict[str, Any], n_features: int, *,
+                model: HookedModel | None = None, down: SAELike | None = None) -> None:
+    """Before a steer stage loads anything: feature ids against the stats table, the downstream
+    SAE against the recorded model and hook, and the steered batch against memory."""
+    if cfg.feature_ids is not None:
+        parse_feature_ids(cfg.feature_ids, n_features)
+    sc = stats["config"]
+    shape = model if model is not None else read_model_shape(sc["model"])
+    header = down if down is not None else read_sae_header(cfg.downstream_sae)
+    if shape is None:
+        return
+    hp = HookPoint.parse(stats["inputs"]["hook"])
+    if header is not None:
+        dhp = validate_pairing(header, shape, cfg.downstream_hook)
+        if dhp.depth <= hp.depth:
+            raise SpecError(f"the downstream hook {dhp.name} does not lie after the steering "
+                            f"hook {hp.name}", "pick a downstream SAE at a later layer")
+    if cfg.batch_rows is not None:
+        g = header_d_sae(header) if header is not None else 0
+        t, v, d = cfg.context_len, shape.vocab_size, shape.d_model
+        n_ctx = max(cfg.contexts, cfg.fresh_contexts, cfg.calibration_contexts)
+        check_fits("the steer stage", {
+            "steered batch": cfg.batch_rows * row_bytes(t, v, d, g),
+            "clean cache": cache_bytes(n_ctx, t, v, d, g),
+            **model_bytes(shape, sc.get("dtype", "float32"))},
+            cfg.device, "lower --batch-rows (or leave it out: it is then sized from free "
+            "memory), --context-len or --contexts")
+
+
+def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
+              model: HookedModel | None = None, sae: LoadedSAE | None = None,
+              down: LoadedSAE | None = None, progress: bool = True,
+              calibrations: dict[str, Calibration] | None = None, resume: bool = False,
+              log: Callable[[str], None] | None = None) -> SteerResult:
+    """Run the steer stage in ``run_dir`` (which must hold a complete stats stage).
+
+    ``model`` / ``sae`` / ``down``: already-loaded objects to use instead of the recorded model
+    and SAE specs and ``cfg.downstream_sae`` (tests, notebooks). ``calibrations``: a dict shared
+    between runs; the dose calibration depends only on the model, hook, residual norm and
+    calibration contexts and directions (not on the SAE), so runs that share those reuse it.
+    ``resume``: fail unless ``run_dir`` already records a steer stage (``--resume``). With
+    ``backend="ray"`` the workers load the recorded model and ``cfg.downstream_sae`` by spec."""
+    with stage(STAGE, run_dir, cfg.record(), force=force, resume=resume, log=log) as st:
+        stats = _stats_record(st.run)
+        n_features = (stats.get("results") or {}).get("n_features")
+        check_steer(cfg, stats, int(n_features) if n_features is not None else
+                    st.run.read_table(RunDir.FEATURE_STATS).height, model=model, down=down)
+        st.cluster(cfg, cfg.device)
+        inp = st.timed("load", lambda: _load(cfg, st.run, stats, model, sae, down))
+        check = st.check(inp.hashes)
+        if check.action == "skip":
+            st.say(check.reason)
+            return _result(st.run, check.record or {}, skipped=True)
+        work = _prepare(st, cfg, inp, check)
+        engine = SteeringEngine(inp.model, inp.hook, inp.down, inp.down_hook,
+                                batch_rows=cfg.batch_rows, n_targets=cfg.n_targets,
+                                n_out=cfg.n_out, n_target_tokens=cfg.n_target_tokens)
+        cal = st.timed("calibration", lambda: _dose(
+            cfg, st.run, engine, work.sets, work.r, inp.model.d_model, st.say,
+            calibrations if calibrations is not None else {},
+            _calibration_key(cfg, inp.hashes["model_sha256"], inp.hook.name, work.r,
+                             work.sets)))
+        work.strengths = [cal.strength] if cal is not None else list(cfg.strengths or [])
+        dose_info = st.timed("dose_stats", lambda: _dose_stats(cfg, st.run, inp, work))
+        with st.span("steer"):
+            computed = _steer(st, cfg, engine, inp, work, progress)
+        return _finish(st, cfg, inp, work, cal, dose_info, computed)
+
+
+@dataclass
+class _Inputs:
+    corpus: Corpus
+    model: HookedModel
+    sae: LoadedSAE
+    hook: HookPoint
+    down: LoadedSAE
+    down_hook: HookPoint
+    stats_config: dict[str, Any]
+    hashes: dict[str, Any]
+
+
+@dataclass
+class _Work:
+    """What one steer stage steers: context sets, directions, dose, and its shard record."""
+
+    sets: dict[str, Contexts]
+    features: np.ndarray
+    dirs: torch.Tensor
+    ids: np.ndarray
+    r: float
+    shard_dir: Path
+    recorded: dict[str, dict[str, Any]]
+    """shard name -> {sha256, rows}"""
+    strengths: list[float] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Rows per forward, per context set (recorded, so a resume batches alike)."""
+
+
+def _load(cfg: SteerConfig, run: RunDir, stats: dict[str, Any], model: HookedModel | None,
+          sae: LoadedSAE | None, down: LoadedSAE | None) -> _Inputs:
+    sc = stats["config"]
+    corpus = load_corpus(sc["corpus"])
+    model = model or load_model(sc["model"], cfg.device, sc.get("dtype", "float32"),
+                                trust_remote_code=cfg.trust_remote_code)
+    sae = sae or load_sae(sc["sae"], device=cfg.device)
+    hp = validate_pairing(sae, model, stats["inputs"]["hook"])
+    down = down or load_sae(cfg.downstream_sae, device=cfg.device)
+    dhp = validate_pairing(down, model, cfg.downstream_hook)
+    if dhp.depth <= hp.depth:
+        raise SpecError(f"the downstream hook {dhp.name} does not lie after the steering hook "
+                        f"{hp.name}", "pick a downstream SAE at a later layer")
+    hashes = {"model_sha256": model_sha256(model), "sae_sha256": sae.sha256,
+              "downstream_sae_sha256": down.sha256, "corpus_sha256": corpus.sha256,
+              "hook": hp.name, "downstream_hook": dhp.name,
+              "feature_stats_sha256": stats["outputs"][RunDir.FEATURE_STATS]["sha256"]}
+    return _Inputs(corpus, model, sae, hp, down, dhp, sc, hashes)
+
+
+def _prepare(st: StageRun, cfg: SteerConfig, inp: _Inputs, check: StageCheck) -> _Work:
+    """Contexts and directions; the stage record begun (or the shards of a running one
+    reconciled); ``contexts.parquet`` written."""
+    rec = check.record or {}
+    continuing = (rec.get("status") == "running" and _same(rec.get("config"), cfg.record())
+                  and _same(rec.get("inputs"), inp.hashes))
+    shard_dir = st.run.file(STEER_SHARDS)
+    if not continuing:
+        shutil.rmtree(shard_dir, ignore_errors=True)
+        st.say(check.reason)
+    model = inp.model
+    sets = context_sets(inp.corpus, model.tokenize, model.bos_id, context_len=cfg.context_len,
+                        n_steering=cfg.contexts, n_fresh=cfg.fresh_contexts,
+                        n_calibration=cfg.calibration_contexts if cfg.strengths is None else 0,
+                        seed=cfg.seed)
+    table = st.run.read_table(RunDir.FEATURE_STATS)
+    feats = _features(cfg, table, inp.sae.d_sae)
+    dead = table["dead"].to_numpy()[feats]
+    if dead.any():
+        st.say(f"{int(dead.sum())} of the requested features never fired in the stats split")
+    dirs = torch.cat([unit_rows(inp.sae.sae.W_dec.detach().float().cpu()[torch.as_tensor(
+        feats)]), random_directions(cfg.random_directions, model.d_model, cfg.seed)])
+    ids = np.concatenate([feats, -1 - np.arange(cfg.random_directions)])
+    work = _Work(sets, feats, dirs, ids, float(st.run.read_manifest()["residual_norm"]),
+                 shard_dir, {})
+    if continuing:
+        st.run.discard_temp_files()
+        work.recorded, notes = shards.reconcile(shard_dir, rec.get("shards") or {})
+        for note in notes:
+            st.say(note)
+        st.run.update_stage(STAGE, shards=work.recorded)
+        st.say(f"resuming the steer stage: {len(work.recorded)} finished shard(s) reused "
+               f"({sum(v['rows'] for v in work.recorded.values())} direction-sets)")
+    else:
+        st.run.begin_stage(STAGE, cfg.record(), inp.hashes, depends_on=["stats"], extra={
+            "environment": environment(cfg.device, inp.stats_config.get("dtype", "float32")),
+            "downstream_hook": inp.down_hook.name, "downstream_sae": describe_sae(inp.down),
+            "downstream_sae_path": str(inp.down.path) if inp.down.path is not None
+            else inp.down.spec})
+    st.run.write_table(RunDir.CONTEXTS, contexts_frame(sets))
+    return work
+
+
+def _steer(st: StageRun, cfg: SteerConfig, engine: SteeringEngine, inp: _Inputs, work: _Work,
+           show: bool) -> int:
+    """Steer every direction not yet in a finished shard (local or Ray) -> directions done."""
+    done = shards.done_keys(work.shard_dir)
+    n_s = len(work.strengths)
+    todo = {(name, si): [i for i, d in enumerate(work.ids) if (int(d), si, name) not in done]
+            for name in SETS if name in work.sets for si in range(n_s)}
+    n_rows = sum(len(v) * len(work.sets[name]) for (name, _), v in todo.items())
+    where = ", ".join(f"{len(work.sets[s])} {s}" for s in SETS if s in work.sets)
+    st.say(f"steering {len(work.features)} features + {cfg.random_directions} random "
+           f"directions x {n_s} strength(s) on {where} contexts of {cfg.context_len} tokens "
+           f"at {inp.hook.name}; S' at {inp.down_hook.name}"
+           + (f" ({len(done)} direction-sets already done)" if done else ""))
+
+    def save_shard(rows: list[dict[str, Any]]) -> None:
+        name, info = shards.write_shard(work.shard_dir, rows)
+        work.recorded[name] = info
+        st.run.update_stage(STAGE, shards=work.recorded)
+
+    work.sizes = dict((st.run.stage(STAGE) or {}).get("batch_rows") or {})
+
+    def record_rows(name: str, rows: int) -> None:
+        if work.sizes.get(name) != rows:
+            if name in work.sizes:
+                st.say(f"{name}: {rows} rows per forward instead of the recorded "
+                       f"{work.sizes[name]} (--batch-rows): resumed outcomes may differ from "
+                       "the finished shards' in the last bits")
+            work.sizes[name] = rows
+            st.run.update_stage(STAGE, batch_rows=work.sizes)
+
+    # The recorded size unless the user set one: free memory may differ after a restart.
+    batch_rows = {name: cfg.batch_rows or work.sizes.get(name) for name in work.sets}
+    args = (work.sets, todo, work.dirs, work.ids, work.strengths, work.r)
+    with progress(show, n_rows, label="steering", unit="rows") as advance:
+        if cfg.backend != "ray":
+            return _steer_local(cfg, engine, *args, batch_rows, record_rows, save_shard,
+                                advance)
+        sc = inp.stats_config
+        setup = steer_ray.Setup(
+            model=sc["model"], dtype=sc.get("dtype", "float32"), device=cfg.device,
+            trust_remote_code=cfg.trust_remote_code, hook=inp.hook.name,
+            down_sae=cfg.downstream_sae, down_hook=inp.down_hook.name,
+            model_sha256=inp.hashes["model_sha256"], down_sha256=inp.down.sha256,
+            n_targets=cfg.n_targets, n_out=cfg.n_out, n_target_tokens=cfg.n_target_tokens,
+            task_cpus=cfg.task_cpus)
+        return steer_ray.ray_steer(cfg, setup, *args, cfg.shard_directions, batch_rows,
+                                   record_rows, save_shard, advance)
+
+
+def _finish(st: StageRun, cfg: SteerConfig, inp: _Inputs, work: _Work,
+            cal: Calibration | None, dose_info: dict[str, Any], computed: int) -> SteerResult:
+    """Gather the shards into the outcome tables, write and record them."""
+    with st.span("write"):
+        outcomes, gram = shards.gather(work.shard_dir, work.ids, work.strengths,
+                                       [s for s in SETS if s in work.sets])
+        outputs = {
+            RunDir.STEERING_OUTCOMES: st.run.write_table(RunDir.STEERING_OUTCOMES, outcomes),
+            RunDir.STEERING_GRAM: st.run.write_table(RunDir.STEERING_GRAM, gram),
+            RunDir.CONTEXTS: {"sha256": sha256_file(st.run.file(RunDir.CONTEXTS))},
+            DOSE_STATS: {"sha256": sha256_file(st.run.file(DOSE_STATS))}}
+    alphas = [s * work.r for s in work.strengths]
+    results = {"n_features": len(work.features), "n_random": cfg.random_directions,
+               "features": work.features.tolist(), "strengths": work.strengths,
+               "alpha": alphas, "residual_norm": work.r, "n_rows": outcomes.height,
+               "computed": computed, "rows_per_forward": work.sizes, "runtime": cfg.describe(),
+               "calibration": _cal_record(cal), "dose_stats": dose_info}
+    record = st.run.complete_stage(STAGE, outputs=outputs, timings=st.total(), results=results,
+                                   extra={
+        "dose_mode": "calibrated" if cal is not None else "fixed",
+        "strengths": work.strengths, "alpha": alphas, "residual_norm": work.r,
+        "hook": inp.hook.name, "downstream_hook": inp.down_hook.name,
+    })["stages"][STAGE]
+    shutil.rmtree(work.shard_dir, ignore_errors=True)
+    return _result(st.run, record, skipped=False)
+
+
+def _stats_record(run: RunDir) -> dict[str, Any]:
+    rec = run.stage("stats") if run.manifest_path.is_file() else None
+    if rec is None or rec.get("status") != "complete":
+        raise SteerscreenError(f"{str(run.path)!r} holds no complete stats stage",
+                               f"run `steerscreen stats --out {run.path} ...` first")
+    return rec
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _features(cfg: SteerConfig, table: pl.DataFrame, n_features: int) -> np.ndarray:
+    if cfg.feature_ids is not None:
+        return parse_feature_ids(cfg.feature_ids, n_features)
+    return stratified_features(table["base_freq"].to_numpy(), table["dead"].to_numpy(),
+                               cfg.features, cfg.seed)
+
+
+def _calibration_key(cfg: SteerConfig, model_sha: str, hook: str, r: float,
+                     sets: dict[str, Contexts]) -> str:
+    """Everything a calibrated dose depends on (the SAE is not among it)."""
+    cal = sets.get("calibration")
+    ids = None if cal is None else hashlib.sha256(
+        np.ascontiguousarray(cal.token_ids, dtype=np.int64).tobytes()).hexdigest()
+    return sha256_json({"model": model_sha, "hook": hook, "r": r, "contexts": ids,
+                        "config": [cfg.calibration_directions, cfg.seed, cfg.target_kl,
+                                   cfg.kl_tolerance]})
+
+
+def _dose(cfg: SteerConfig, run: RunDir, engine: SteeringEngine, sets: dict[str, Contexts],
+          r: float, d_model: int, say: Callable[[str], None],
+          calibrations: dict[str, Calibration], key: str) -> Calibration | None:
+    if cfg.strengths is not None:
+        return None
+    rec = (run.stage(STAGE) or {}).get("calibration")
+    if rec is not None:  # resumed: the calibration is part of the recorded stage
+        say(f"reusing the recorded dose calibration: s = {rec['strength']:.4g}")
+        return Calibration(rec["strength"], rec["kl"], rec["target_kl"], rec["tolerance"],
+                           rec["converged"], [tuple(e) for e in rec["evaluations"]])
+    if key in calibrations:
+        cal = calibrations[key]
+        say(f"reusing the dose calibration of another run on the same model, hook and "
+            f"contexts: s = {cal.strength:.4g}")
+    else:
+        cache = engine.clean(sets["calibration"].token_ids)
+        cal_dirs = random_directions(cfg.calibration_directions, d_model, cfg.seed + 7919)
+        cal = calibrate(lambda s: engine.mean_kl(cache, cal_dirs, s * r),
+                        target_kl=cfg.target_kl, tolerance=cfg.kl_tolerance, log=say)
+        calibrations[key] = cal
+    run.update_manifest({"stages": {STAGE: {**(run.stage(STAGE) or {}),
+                                            "calibration": _cal_record(cal)}}})
+    return cal
+
+
+def base_pass(model: HookedModel, sae: LoadedSAE, down: LoadedSAE, down_hook: HookPoint,
+              stats_cfg: StatsConfig, corpus: Corpus, positions: int, alpha: float
+              ) -> np.ndarray:
+    """``base_pass`` of every feature of ``sae`` (docs/method.md §1): the passthrough response
+    of S' to ``alpha v_f`` added at h', on ``positions`` clean stats-split positions."""
+    scfg = StatsConfig(**{**asdict(stats_cfg), "tokens": positions})
+    ctx, _ = stats_contexts(scfg, corpus, model)
+    ids = torch.as_tensor(ctx.token_ids, device=model.device)
+    x = model.forward(ids, read=[down_hook], logits=False).acts[down_hook.name][:, 1:]
+    x = x.reshape(-1, x.shape[-1])[:positions].float()
+    return passthrough_pr(down, x, unit_rows(sae.sae.W_dec.detach().float()), alpha)
+
+
+def _dose_stats(cfg: SteerConfig, run: RunDir, inp: _Inputs, work: _Work) -> dict[str, Any]:
+    """``feature_dose_stats.parquet``: base_pass and the dose-dependent logit columns for every
+    feature of S at the analysed strength (skipped when a resumed run already wrote them)."""
+    s = analysed_strength(work.strengths)
+    strength = work.strengths[0] if s is None else s  # the fit's default, never s = 0
+    alpha = strength * work.r
+    path = run.file(DOSE_STATS)
+    if path.is_file():
+        try:
+            old = pl.read_parquet(path)
+            if old.height == inp.sae.d_sae and float(old["alpha"][0]) == alpha:
+                return {"alpha": alpha, "strength": strength, "reused": True}
+        except Exception:  # a damaged file is recomputed
+            pass
+    bp = base_pass(inp.model, inp.sae, inp.down, inp.down_hook,
+                   StatsConfig(**inp.stats_config), inp.corpus, cfg.pass_positions, alpha)
+    sigma_fin = float(run.read_manifest()["sigma_fin"])
+    lc = logit_columns(inp.sae.sae.W_dec.detach().float(), inp.model.unembed(), alpha=alpha,
+                       sigma_fin=sigma_fin)
+    f = inp.sae.d_sae
+    run.write_table(DOSE_STATS, pl.DataFrame({
+        "feature": np.arange(f, dtype=np.int64), "base_pass": bp,
+        "logit_entropy": lc["logit_entropy"], "logit_top10_mass": lc["logit_top10_mass"],
+        "strength": np.full(f, strength), "alpha": np.full(f, alpha)}))
+    return {"alpha": alpha, "strength": strength, "positions": cfg.pass_positions,
+            "sigma_fin": sigma_fin, "fast_path": split_encoder(inp.down) is not None,
+            "reused": False}
+
+
+def _cal_record(cal: Calibration | None) -> dict[str, Any] | None:
+    return None if cal is None else {**asdict(cal), "evaluations": [list(e) for e in
+                                                                     cal.evaluations]}
+
+
+def _steer_local(cfg: SteerConfig, engine: SteeringEngine, sets: dict[str, Contexts],
+                 todo: dict[tuple[str, int], list[int]], dirs: torch.Tensor, ids: np.ndarray,
+                 strengths: list[float], r: float, batch_rows: dict[str, int | None],
+                 record_rows: Callable[[str, int], None],
+                 save: Callable[[list[dict[str, Any]]], None],
+                 advance: Callable[[int], None]) -> int:
+    """Steer every ``todo`` direction in this process, set by set -> directions computed."""
+    computed = 0
+    for name in SETS:
+        if name not in sets or not any(todo[(name, si)] for si in range(len(strengths))):
+            continue
+        cache = engine.clean(sets[name].token_ids, batch_rows=batch_rows[name])
+        record_rows(name, cache.batch_rows)
+        for si, s in enumerate(strengths):
+            idx = todo[(name, si)]
+            if not idx:
+                continue
+            for rows in shards.shard_rows(engine, cache, name, dirs[idx], ids[idx], s, si,
+                                          s * r, cfg.shard_directions, advance):
+                save(rows)
+                computed += len(rows)
+        del cache
+    return computed
+
+
+def contexts_frame(sets: dict[str, Contexts]) -> pl.DataFrame:
+    """``contexts.parquet``: context_id (row of the set, the gram's order), set, token_ids,
+    document index in the corpus and token offset."""
+    frames = [pl.DataFrame({
+        "context_id": np.arange(len(c), dtype=np.int64), "set": [name] * len(c),
+        "token_ids": pl.Series(c.token_ids.astype(np.int32)).cast(pl.List(pl.Int32)),
+        "doc_id": c.doc_ids, "start": c.starts}) for name, c in sets.items()]
+    return pl.concat(frames)
+
+
+def _result(run: RunDir, record: dict[str, Any], *, skipped: bool) -> SteerResult:
+    res, tim = record.get("results", {}), record.get("timings_s", {})
+    return SteerResult(run=run, skipped=skipped, n_features=int(res.get("n_features", 0)),
+                       n_random=int(res.get("n_random", 0)),
+                       strengths=list(res.get("strengths", [])), alpha=list(res.get("alpha", [])),
+                       residual_norm=float(res.get("residual_norm", math.nan)),
+                       computed_directions=0 if skipped else int(res.get("computed", 0)),
+                       seconds=float(tim.get("total", math.nan)),
+                       timings={k: float(v) for k, v in tim.items()})
+
+
+__all__ = ["SteerConfig", "SteerResult", "base_pass", "check_steer", "contexts_frame",
+           "run_steer"]
