@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from steerscreen.config import SAEEntry, StudyConfig
 from steerscreen.errors import SpecError
 from steerscreen.models.hooks import HookPoint
-from steerscreen.pipeline.plan import format_duration
+from steerscreen.pipeline.plan import fit_seconds, format_duration
 from steerscreen.pipeline.sizes import KNOWN_MODELS, ModelDims, model_dims, sae_width
 from steerscreen.stats.accumulators import StatsOptions
 from steerscreen.steering.engine import aligned_rows, cache_bytes
@@ -366,10 +366,10 @@ def plan_cost(cfg: StudyConfig, device: str = "h100", workers: int = 1) -> CostP
         stages.append(_steer_cost(su, e, f))
         if not features_per_hour:
             features_per_hour = _features_per_hour(su, e)
-    ft = cfg.resolved("fit")
-    for e in cfg.saes:  # measured on the 2-core reference machine (pipeline/plan.py)
+    ft, n = cfg.resolved("fit"), cfg.resolved("steer")["features"]
+    for e in cfg.saes:  # measured on the 2-core reference machine
         stages.append(StageCost("fit", e.name, Work(), Work(), Work(), 0, 0.0,
-                                host_s=15 + 0.6 * ft["n_permutations"] + 4 * ft["n_repeats"],
+                                host_s=fit_seconds(n, ft["n_repeats"], ft["n_permutations"]),
                                 note="CPU (scikit-learn)"))
     stages.append(StageCost("report", "study", Work(), Work(), Work(), 0, 0.0,
                             host_s=10.0 * (1 + (len(cfg.saes) > 1)), note="CPU"))

@@ -180,6 +180,10 @@ def fit_lines(summary: dict[str, Any]) -> list[str]:
         f"  {p.get('verdict', '')} (detectable delta rho at 80% power: "
         f"{f(p.get('mde'), '.2f')})"]
     lines += [f"  {outcome}: {verdict}" for outcome, verdict in summary["verdicts"].items()]
+    if summary.get("verdict_tests"):
+        lines.append(f"  (a verdict needs a positive estimate with Holm-adjusted p < 0.05 over "
+                     f"the {len(summary['verdict_tests'])} verdict tests; "
+                     f"{summary['verdict_tests'][0]['method']})")
     return lines
 
 

@@ -46,6 +46,13 @@ class Plan:
         return None if any(e is None for e in est) else float(sum(e for e in est if e))
 
 
+def fit_seconds(n_features: int, n_repeats: int, n_permutations: int) -> float:
+    """CPU seconds of one fit stage on the reference machine (2 cores), measured: the repeats'
+    gradient boosting dominates (about 5 s per repeat from n = 256 up; less for fewer
+    features), the permutations (one split each) cost 0.01 s apiece (docs/benchmarks.md)."""
+    return 2.0 + 0.01 * n_permutations + n_repeats * min(5.0, 1.0 + n_features / 70)
+
+
 def make_plan(cfg: StudyConfig) -> Plan:
     rates = _CPU_RATES.get(cfg.model) if cfg.device == "cpu" else None
     tr, st, sr, ft = (cfg.resolved(s) for s in ("train", "stats", "steer", "fit"))
@@ -92,7 +99,7 @@ def make_plan(cfg: StudyConfig) -> Plan:
             f"directions x {sr['contexts']} steering + {sr['fresh_contexts']} fresh contexts "
             f"of {sr['context_len']} tokens x {n_strengths} strength(s)"
             + (" (calibrated)" if calibrated else ""), est))
-        est = 15 + 0.6 * ft["n_permutations"] + 4 * ft["n_repeats"] if rates else None
+        est = fit_seconds(sr["features"], ft["n_repeats"], ft["n_permutations"]) if rates else None
         steps.append(PlanStep("fit", e.name, f"{ft['n_repeats']} x {ft['n_splits']}-fold CV, "
                               f"{ft['n_permutations']} permutations", est))
     if len(cfg.saes) > 1:

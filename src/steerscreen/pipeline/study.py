@@ -70,11 +70,13 @@ class Headline:
             lo, hi = c
             return f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None \
                 else f"{v:+.3f}"
-        power = ("n/a" if self.detectable is None
-                 else f"n = {self.n}, detectable delta rho >= {self.detectable:.2f}")
+        verdict = self.verdict or "n/a"
+        if self.detectable is not None and "detectable" not in verdict:
+            verdict += (f" (n = {self.n}, detectable delta rho >= {self.detectable:.2f} at 80% "
+                        "power)")
         return [
             f"primary endpoint, delta rho (full vs freq+mag): {ci(self.delta_rho, self.delta_ci)}"
-            f" -> {self.verdict or 'n/a'} ({power} at 80% power)",
+            f" -> {verdict}",
             f"rho after regressing out freq and mag: {ci(self.residual_rho, self.residual_ci)}",
             f"held-out payoff vs random selection: {ci(self.payoff, self.payoff_ci)}"]
 

@@ -57,6 +57,11 @@ def run_lines(run: RunData, figures: Sequence[Path], root: Path, level: str = "#
                     [(LABELS[v.outcome], v.verdict, _iv(v.delta_best), _iv(v.residual, False),
                       _power(v), _iv(v.payoff_random), _iv(v.payoff_baseline))
                      for v in hl.verdicts(run)])
+    tests = (run.summary or {}).get("verdict_tests") or []
+    if tests:
+        lines += ["", f"A verdict needs a positive estimate with a Holm-adjusted p < 0.05 over the "
+                  f"{len(tests)} verdict tests ({tests[0]['method']}); a test that cannot detect "
+                  "0.1 at 80% power says “underpowered”."]
     nc = hl.noise_ceiling(run)
     if nc:
         lines += ["", "Noise ceiling (steering vs fresh contexts): " + "; ".join(

@@ -17,6 +17,7 @@ Each trial draws one synthetic run and applies the same code as ``steerscreen fi
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -108,13 +109,24 @@ def conformal_trial(seed: int, *, scenario: str, n: int, cfg: FitConfig,
     return out
 
 
+def _one_thread() -> None:
+    """A worker's BLAS and OpenMP pools at one thread: the workers are the parallelism (two
+    workers with two BLAS threads each ran the suite several times slower on 2 cores)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+
+
 def trials(fn: Callable[..., Any], seeds: range | list[int], workers: int = 2, **kw: Any
            ) -> list[Any]:
     """``fn(seed, **kw)`` for every seed, on ``workers`` processes (1: in this process)."""
     call = partial(fn, **kw)
     if workers <= 1:
         return [call(s) for s in seeds]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn, not fork: a forked child of a process whose polars (Rayon) or BLAS thread pools
+    # already ran can deadlock on their locks (seen inside the test suite).
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_one_thread) as pool:
         return list(pool.map(call, seeds, chunksize=max(1, len(seeds) // (4 * workers))))
 
 
