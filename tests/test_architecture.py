@@ -21,7 +21,7 @@ LAYERS = [
     {"models", "saes", "corpus"},
     {"stats", "steering", "screening", "report"},
     {"pipeline"},
-    {"cli", "cli_options"},
+    {"cli", "cli_options", "__main__"},
 ]
 """Lowest first: a module may import its own layer and the layers below, never above."""
 

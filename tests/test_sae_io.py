@@ -436,6 +436,24 @@ def test_non_finite_weights(tmp_path: Path, tensor: str, index: tuple[int, ...],
             assert "feature(s) 5, 40" in msg
 
 
+
+def test_weights_rewritten_in_place_are_checked_again(tmp_path: Path) -> None:
+    """The file check is done once per file version (load_sae after the stage's early check
+    skips it), never once per path: NaN written over a good file is still refused."""
+    from steerscreen.saes.io import check_weights_finite
+
+    sae = make_sae("topk")
+    folder = save_sae(sae, tmp_path / "s")
+    check_weights_finite(str(folder))
+    load_sae(str(folder))
+    with torch.no_grad():
+        sae.W_dec[3, 1] = float("nan")
+    save_sae(sae, folder)
+    with pytest.raises(ArtifactError, match="feature\\(s\\) 3"):
+        check_weights_finite(str(folder))
+    with pytest.raises(ArtifactError, match="non-finite"):
+        load_sae(str(folder))
+
 # --------------------------------------------------------------------------------------------
 # Specs and the hub (no network: offline mode, or a stubbed download)
 

@@ -175,13 +175,14 @@ def compare(runs: Annotated[list[Path], typer.Argument(help="Two or more run fol
             out: Annotated[Path | None, typer.Option(help="Folder for transfer.parquet and "
                                                      "runs.parquet.")] = None) -> None:
     """Transfer: fit on each run, evaluate on every other; all runs side by side."""
-    from steerscreen.pipeline.compare import compare as run_compare
-    from steerscreen.pipeline.compare import print_transfer, write_comparison
+    from steerscreen.pipeline import compare as comparison
 
-    c = run_compare(list(runs))
-    print_transfer(c.transfer)
     if out is not None:
-        write_comparison(c, out)
+        comparison.check_comparison_folder(out)  # before the work, not after it
+    c = comparison.compare(list(runs))
+    comparison.print_transfer(c.transfer)
+    if out is not None:
+        comparison.write_comparison(c, out)
         console.print(f"-> {escape(str(out))}/transfer.parquet, runs.parquet")
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from steerscreen import specs
 from steerscreen.config.stages import DEFAULT_CORPUS as DEFAULT_SPEC
 from steerscreen.errors import CorpusError, OfflineError, SpecError
+from steerscreen.files import path_kind
 from steerscreen.hub import hub_offline, is_network_error
 
 SCHEMES = specs.names("corpus")  # ("embedded", "text", "jsonl", "hf")
@@ -81,7 +82,7 @@ def load_corpus(spec: str = DEFAULT_SPEC) -> Corpus:
         docs, name, desc = _load_jsonl(path, field)
     elif scheme == "hf" and rest:
         docs, name, desc = _load_hf(rest)
-    elif spec and Path(spec).is_file():
+    elif spec and path_kind(Path(spec)) != "missing":
         # A bare path: checked after the schemes so `text:x` never means a file named "text:x".
         path = Path(spec)
         if path.suffix == ".jsonl":
@@ -110,15 +111,13 @@ def check_corpus_spec(spec: str) -> None:
     if scheme == "embedded":
         return
     if scheme in ("text", "jsonl") and rest:
-        path = Path(_split_jsonl_spec(rest)[0] if scheme == "jsonl" else rest)
-        if not path.is_file():
-            raise CorpusError(f"corpus file not found: {path}", "check the path, or use "
-                              "`embedded`")
+        _check_file(Path(_split_jsonl_spec(rest)[0] if scheme == "jsonl" else rest))
         return
     if scheme == "hf" and rest:
         _parse_hf(rest)
         return
-    if spec and Path(spec).is_file():
+    if spec and path_kind(Path(spec)) != "missing":
+        _check_file(Path(spec))
         return
     load_corpus(spec)  # raises the matching error
 
@@ -237,10 +236,16 @@ _WIKI_TITLE = re.compile(r"^ ?= (?!=)(?:[^\n]*?[^=\n])? = ?$", re.MULTILINE)
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
 
 
-def _read_utf8(path: Path) -> str:
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "not found"
+def _check_file(path: Path) -> None:
+    kind = path_kind(path)
+    if kind != "file":
+        what = {"missing": "not found", "folder": "is a directory"}.get(
+            kind, f"is a {kind}, not a regular file")
         raise CorpusError(f"corpus file {what}: {path}", "check the path, or use `embedded`")
+
+
+def _read_utf8(path: Path) -> str:
+    _check_file(path)
     data = path.read_bytes()
     nul = data.find(b"\x00")
     if nul >= 0:

@@ -11,6 +11,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -34,6 +35,44 @@ def user_path(path: str | Path) -> Path:
     except (RuntimeError, ValueError) as e:  # no such user; a NUL byte in the path
         raise SteerscreenError(f"cannot expand the path {str(path)!r} ({e})",
                                "write the full path") from e
+
+
+def path_kind(path: Path) -> str:
+    """``"file"``, ``"folder"``, ``"missing"`` or what else it is (``"FIFO"``, ``"socket"``,
+    ``"device"``), without opening it: reading a FIFO where a file was expected would hang."""
+    import errno
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except ValueError:  # a NUL byte: no such file can exist
+        return "missing"
+    except OSError as e:  # a parent that is a file, a link loop, a name too long: as pathlib
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP, errno.ENAMETOOLONG):
+            return "missing"
+        raise
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device"
+
+
+def require_file(path: Path, what: str, fix: str, error: type[Exception] | None = None) -> None:
+    """Raise ``error`` (an ArtifactError by default) unless ``path`` is a regular file, saying
+    which of "does not exist", "is a folder" or "is a FIFO/socket/device" it is."""
+    from steerscreen.errors import ArtifactError
+
+    kind = path_kind(path)
+    if kind == "file":
+        return
+    why = {"missing": "does not exist", "folder": "is a folder, not a file"}.get(
+        kind, f"is a {kind}, not a regular file")
+    raise (error or ArtifactError)(f"{what} {str(path)!r} {why}", fix)
 
 
 def cache_dir(*parts: str) -> Path:
@@ -60,12 +99,35 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+"""The temp file :func:`atomic_path` makes beside NAME: ``.NAME.XXXXXXXX.tmp`` (mkstemp)."""
+TEMP_DIR = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-[0-9a-f]{8}$")
+"""The temp and set-aside folders :func:`atomic_dir` makes beside NAME."""
+
+
+def umask() -> int:
+    """The process's umask: from /proc on Linux, else by setting and restoring it (a thread
+    creating a file in that instant would get 022)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it replaces ``path`` in one rename."""
+    """Yield a temp path beside ``path``; on success it replaces ``path`` in one rename. The
+    file gets the permissions the user's umask gives a new file (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     try:
         yield Path(tmp)

@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from steerscreen.errors import ArtifactError
-from steerscreen.files import user_path
+from steerscreen.files import TEMP_DIR, TEMP_FILE, path_kind, require_file, user_path
 
 MANIFEST_FORMAT = "steerscreen-run/1"
 STUDY_FORMAT = "steerscreen-study/1"
@@ -66,6 +66,11 @@ STEER_SHARDS = "steering_shards"
 CHECKPOINT = ".stats_checkpoint"
 """The local stats pass's checkpoint (only while the stage runs)."""
 
+RUN_OUTPUTS = frozenset({MANIFEST, FEATURE_STATS, FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS,
+                         FEATURE_DOSE_STATS, CONTEXTS, STEERING_OUTCOMES, STEERING_GRAM, SCREENING,
+                         SCREEN_TABLE, SCREEN_CSV, REPORT, REPORT_SUMMARY, FIGURES, STATS_SHARDS,
+                         STEER_SHARDS, CHECKPOINT})
+"""Every name steerscreen writes at the top of a run folder: only their temp files are its own."""
 TRAINING_SUMMARY = "training_summary.json"
 """Beside a trained SAE's files: its config, held-out evaluation and cache key."""
 
@@ -75,12 +80,29 @@ RUNS = "runs"
 COMPARISON = "comparison"
 TRANSFER = "transfer.parquet"
 PER_RUN = "runs.parquet"
+COMPARISON_RECORD = "comparison.json"
+"""Beside the comparison tables: their sha256, so a later compare replaces only its own."""
+
+
+WRITTEN_BY = {**dict.fromkeys((FEATURE_STATS, FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS),
+                             "`steerscreen stats`"),
+              **dict.fromkeys((FEATURE_DOSE_STATS, CONTEXTS, STEERING_OUTCOMES, STEERING_GRAM),
+                              "`steerscreen steer`")}
+"""Which command regenerates a run file (for the fix line of an error about it)."""
 
 
 def analysed_strength(strengths: Sequence[float]) -> float | None:
     """The strength a run is analysed at by default: the first positive one recorded (s = 0
     is the exactness check, where every outcome is 0 or NaN). None when there is none."""
     return next((float(s) for s in strengths if s > 0), None)
+
+
+def steerscreen_temp(name: str, outputs: frozenset[str] = RUN_OUTPUTS) -> bool:
+    """Whether ``name`` is a temp file or folder an atomic write of one of ``outputs`` left
+    (``.NAME.XXXXXXXX.tmp``, ``.NAME.tmp-xxxxxxxx``, ``.NAME.old-xxxxxxxx``): a user's
+    ``.notes.tmp`` or ``.cache.tmp-keep`` is not."""
+    m = TEMP_FILE.match(name) or TEMP_DIR.match(name)
+    return m is not None and m.group("name") in outputs
 
 
 def screening_file(name: str) -> str:
@@ -97,6 +119,39 @@ def headline_row(summary: dict[str, Any]) -> dict[str, Any]:
            "n_fit": p.get("n"), "detectable_delta_rho": p.get("mde"),
            "primary_verdict": p.get("verdict")}
     return row | {f"verdict_{k}": v for k, v in (summary.get("verdicts") or {}).items()}
+
+
+_RECORD_DICTS = ("config", "inputs", "outputs", "results", "timings_s")
+
+
+def check_manifest(data: Any, path: Path) -> None:
+    """A run manifest's shape: an object of this format (a newer format is refused, not
+    misread) whose ``stages`` map names to records with the types the stages rely on."""
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{str(path)!r} is not a steerscreen run manifest",
+                            "choose another --out folder")
+    fmt = data.get("format", MANIFEST_FORMAT)
+    if fmt != MANIFEST_FORMAT:
+        newer = isinstance(fmt, str) and fmt.startswith(MANIFEST_FORMAT.split("/")[0] + "/")
+        raise ArtifactError(
+            f"{str(path)!r} has manifest format {fmt!r}; this steerscreen reads "
+            f"{MANIFEST_FORMAT!r}" + (" (a newer steerscreen wrote it)" if newer else ""),
+            "upgrade steerscreen to read it" if newer else "choose another --out folder")
+    stages = data.get("stages", {})
+    if not (isinstance(stages, dict) and all(isinstance(r, dict) for r in stages.values())):
+        raise ArtifactError(f"{str(path)!r} is not a steerscreen run manifest",
+                            "choose another --out folder")
+    for name, rec in stages.items():
+        bad = [k for k in _RECORD_DICTS if k in rec and not isinstance(rec[k], dict)]
+        if rec.get("status") in ("complete", "running"):
+            bad += [k for k in ("config", "inputs") if k not in rec]
+        if "status" in rec and rec["status"] not in ("running", "complete", "stale"):
+            bad.append("status")
+        if bad:
+            raise ArtifactError(
+                f"{str(path)!r}: the {name!r} stage record is damaged ({', '.join(bad)})",
+                "write to a new run folder (or delete its manifest.json, and the stages are "
+                "computed again there)")
 
 
 class RunLayout:
@@ -125,33 +180,43 @@ class RunLayout:
         return self.path / MANIFEST
 
     def read_manifest(self) -> dict[str, Any]:
-        """The manifest, or an empty skeleton when the folder has none yet."""
+        """The manifest, checked against the schema (:func:`check_manifest`), or an empty
+        skeleton when the folder has none yet."""
         p = self.manifest_path
-        if not p.is_file():
+        if not (p.exists() or p.is_symlink()):
             return {"format": MANIFEST_FORMAT, "stages": {}}
+        if not p.is_file():
+            raise ArtifactError(f"{str(p)!r} is not a regular file",
+                                "remove it (or choose another --out folder)")
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ArtifactError(f"{str(p)!r} is not valid JSON ({e})",
                                 "the manifest is corrupt: remove the run folder (or pass "
                                 "--force to start it again) and rerun") from e
-        stages = data.get("stages", {}) if isinstance(data, dict) else None
-        if not (isinstance(stages, dict) and all(isinstance(r, dict) for r in stages.values())):
-            raise ArtifactError(f"{str(p)!r} is not a steerscreen run manifest",
-                                "choose another --out folder")
+        check_manifest(data, p)
         data.setdefault("stages", {})
         return data
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return self.read_manifest()["stages"].get(name)
 
-    def read_table(self, name: str) -> pl.DataFrame:
+    def read_table(self, name: str, columns: Sequence[str] = ()) -> pl.DataFrame:
+        """A table of the run; ``columns``: the ones the caller needs (a table without them
+        is refused with the stage that writes it)."""
         p = self.file(name)
-        if not p.is_file():
+        if path_kind(p) == "missing":
             raise ArtifactError(f"{str(p)!r} does not exist",
                                 "run the stage that writes it first")
+        require_file(p, "run table", "move it away and rerun the stage that writes it")
         try:
-            return pl.read_parquet(p)
+            df = pl.read_parquet(p)
         except Exception as e:  # polars raises several types for a bad file
             raise ArtifactError(f"{str(p)!r} is not a readable parquet file ({e})",
                                 "rerun the stage that writes it (with --force)") from e
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            stage = WRITTEN_BY.get(name, "the stage that writes it")
+            raise ArtifactError(f"{str(p)!r} lacks the columns {', '.join(missing)}",
+                                f"regenerate it: rerun {stage} with --force")
+        return df

@@ -247,6 +247,17 @@ def test_logit_tokens_are_each_features_top_direct_logits(setup) -> None:
 
 
 class _DecodingTokenizer:
+    """The model's tokenizer (the stage tokenizes its contexts), decoding ids as ``<id>``."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
     def batch_decode(self, seqs):
         return [" ".join(f"<{i}>" for i in s) for s in seqs]
 
@@ -261,7 +272,7 @@ def test_logit_tokens_are_added_to_an_older_complete_stage(setup, tmp_path: Path
     m = json.loads((out / RunDir.MANIFEST).read_text())
     del m["stages"]["stats"]["outputs"][FEATURE_LOGIT_TOKENS]
     (out / RunDir.MANIFEST).write_text(json.dumps(m))
-    monkeypatch.setattr(setup["model"], "tokenizer", _DecodingTokenizer())
+    monkeypatch.setattr(setup["model"], "tokenizer", _DecodingTokenizer(setup["model"].tokenizer))
     res = run_stats(setup["cfg"], out, **kw)
     assert res.skipped and res.logit_tokens_path.is_file()
     df = pl.read_parquet(res.logit_tokens_path).sort("feature", "rank")

@@ -214,11 +214,18 @@ def test_force_recomputes_only_what_the_new_config_changes(study) -> None:
     out: Path = study["out"]
     stats = sorted(out.glob("runs/*/feature_stats.parquet"))
     before = {p: p.stat().st_mtime_ns for p in stats}
+    # A user's files in the study folder, a run folder and the comparison folder survive --force.
+    mine = [out / "thesis.txt", out / "notes" / "draft.md", stats[0].parent / ".notes.tmp",
+            stats[0].parent / "my-analysis.ipynb", out / "comparison" / "my-plot.png"]
+    for i, p in enumerate(mine):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"the user's own %d\n" % i)
     cfg, _ = tiny_study(study["root"], features=10)
     logs: list[str] = []
     run_study(cfg, out, model=study["model"], progress=False, make_report=False, force=True,
               log=logs.append)
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # stats untouched
+    assert [p.read_bytes() for p in mine] == [b"the user's own %d\n" % i for i in range(5)]
     for p in out.glob("runs/*/steering_outcomes.parquet"):
         df = pl.read_parquet(p)
         assert (df["direction"] == "feature").sum() == 10 * 2  # 10 features x 2 context sets

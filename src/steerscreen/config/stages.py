@@ -314,6 +314,9 @@ class StatsConfig(Record, StatsSettings):
         if not self.sae or not str(self.sae).strip():
             raise SpecError("no SAE given", "pass --sae PATH (a folder from train-sae)")
         check_hook(self.hook)
+        if not (math.isfinite(self.neighbour_threshold) and -1 <= self.neighbour_threshold < 1):
+            raise SpecError(f"neighbour_threshold must be a cosine in [-1, 1), got "
+                            f"{self.neighbour_threshold}", "pass e.g. --neighbour-threshold 0.3")
         coact = self.reservoir_size if self.coact_size is None else self.coact_size
         if not 1 <= coact <= self.reservoir_size:  # as StatsOptions, before anything loads
             raise SpecError("invalid stats options: coact_size must lie in 1..reservoir_size",
@@ -404,6 +407,9 @@ class SteerConfig(Record, SteerSettings):
             raise SpecError("target_kl must be > 0 and kl_tolerance in (0, 1)",
                             "pass e.g. --target-kl 0.25 --kl-tolerance 0.05")
         check_hook(self.downstream_hook)
+        if self.batch_rows is not None and self.batch_rows < 1:
+            raise SpecError(f"batch_rows must be positive, got {self.batch_rows}",
+                            "pass a positive --batch-rows, or leave it out (sized from memory)")
         if self.features == 0 and self.feature_ids is None:
             raise SpecError("nothing to steer: --features 0 and no --feature-ids",
                             "pass --features N or --feature-ids")

@@ -58,6 +58,7 @@ from steerscreen.config.stages import (
     TrainSettings,
 )
 from steerscreen.errors import SpecError
+from steerscreen.files import path_kind, require_file, user_path
 from steerscreen.specs import parse_hook
 
 PRESETS = ("quick", "default", "full")
@@ -208,6 +209,23 @@ class StudyConfig:
         return dataclasses.asdict(getattr(self, section))
 
 
+def study_terms(section: str, text: str) -> str:
+    """``text`` (an error's fix line) with each CLI flag of ``section`` (``--batch-rows``)
+    rewritten as the study-file key the user writes (``[steer] batch_rows``)."""
+    import re
+
+    keys = {f.metadata.get("flag", f"--{f.name.replace('_', '-')}"): f"[{section}] {f.name}"
+            for f in dataclasses.fields(SECTIONS[section])}
+
+    def key(m: re.Match[str]) -> str:
+        if m.group(1) not in keys:
+            return m.group(0)
+        return keys[m.group(1)] + (f" = {m.group(2)}" if m.group(2) else "")
+
+    text = re.sub(r"\bpass (?=--)", "set ", text)
+    return re.sub(r"(--[a-z][a-z0-9-]*)(?: (\d[\w.]*))?", key, text)
+
+
 def changed(obj: Any, *skip: str) -> dict[str, Any]:
     """The fields of a dataclass instance that differ from their defaults."""
     out = {}
@@ -254,10 +272,13 @@ def load_config(path: str | Path | None, preset: str | None = None) -> StudyConf
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
+    p = user_path(path)
+    kind = path_kind(p)
+    if kind == "missing":
         raise SpecError(f"config file not found: {p}", "check the path (ready configs live in "
                         "configs/)")
+    require_file(p, "config file", "pass a TOML, YAML or JSON study file (ready configs live in "
+                 "configs/)", SpecError)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -355,7 +376,8 @@ def _entry(t: Any, where: str, width: int) -> SAEEntry:
             raise SpecError(f"{where}: a trained SAE needs a hook",
                             "add hook = \"blocks.L.hook_resid_post\", or spec = ... for an "
                             "existing SAE")
-        e.width = e.width or width
+        if e.width is None:
+            e.width = width
         if e.width < 2:
             raise SpecError(f"{where}: width must be at least 2", "set width = 2048")
     if e.hook is not None:
@@ -456,4 +478,4 @@ def _typed(value: Any, tp: Any, where: str) -> Any:
 
 __all__ = ["OWNED", "PRESETS", "PRESET_BUDGET_S", "PRESET_VALUES", "ROLES", "SECTIONS",
            "STAGE_CLASSES", "TOP_FIELDS", "SAEEntry", "StudyConfig", "build_config", "changed",
-           "embedded_saes", "load_config", "read_config_file"]
+           "embedded_saes", "load_config", "read_config_file", "study_terms"]

@@ -26,7 +26,14 @@ import torch
 from steerscreen import specs
 from steerscreen.config.stages import DEFAULT_MODEL
 from steerscreen.errors import ArtifactError, OfflineError, SpecError
-from steerscreen.files import atomic_dir, cache_dir, sha256_file, write_json
+from steerscreen.files import (
+    atomic_dir,
+    cache_dir,
+    path_kind,
+    require_file,
+    sha256_file,
+    write_json,
+)
 from steerscreen.hub import hub_offline, is_network_error
 from steerscreen.models.hooks import HookedModel
 
@@ -75,7 +82,8 @@ class ModelSpec:
         if scheme is None:
             if Path(spec).is_dir():
                 return cls(spec, "local", spec, _folder_name(Path(spec)))
-            if spec.endswith(".gguf") and Path(spec).is_file():
+            if spec.endswith(".gguf") and path_kind(Path(spec)) != "missing":
+                require_file(Path(spec), "GGUF file", "pass the path of a .gguf file", SpecError)
                 return cls(spec, "gguf", spec, Path(spec).stem)
             raise SpecError(
                 f"model spec {spec!r} is not recognised",
@@ -94,12 +102,15 @@ class ModelSpec:
             return cls(spec, "hf", rest, rest.split("/")[-1].lower())
         path = Path(rest)
         if scheme == "gguf":
-            if not path.is_file():
+            if path_kind(path) == "missing":
                 raise SpecError(f"GGUF file {rest!r} does not exist", "check the path")
+            require_file(path, "GGUF file", "pass the path of a .gguf file", SpecError)
             return cls(spec, "gguf", rest, path.stem)
-        if not (path / "config.json").is_file():
+        if path_kind(path / "config.json") in ("missing", "folder"):
             raise SpecError(f"{rest!r} is not a Hugging Face model folder (no config.json)",
                             "point at a folder written by save_pretrained")
+        require_file(path / "config.json", "model config", "point at a folder written by "
+                     "save_pretrained", SpecError)
         return cls(spec, "local", rest, _folder_name(path))
 
 

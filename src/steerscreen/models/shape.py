@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from steerscreen.errors import OfflineError
+from steerscreen.files import path_kind
 from steerscreen.hub import hub_offline
 from steerscreen.models.loading import ModelSpec, embedded_gguf
 
@@ -79,8 +80,12 @@ def _folder_shape(folder: Path, name: str) -> ModelShape | None:
 
 
 def _safetensors_params(path: Path) -> int:
+    if path_kind(path) != "file":  # a FIFO would block the read
+        return 0
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
+        if n > 100 << 20:  # not a header: a corrupt file (loading says so)
+            return 0
         header = json.loads(f.read(n))
     return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
 

@@ -45,7 +45,14 @@ from steerscreen.layout import (
 from steerscreen.pipeline.runs import RunDir, environment
 from steerscreen.pipeline.stage import stage
 from steerscreen.screening.analysis import Analysis, analyse
-from steerscreen.screening.data import ScreeningData, screening_data, with_dose_stats
+from steerscreen.screening.data import (
+    BASELINES,
+    DOSE_COLUMNS,
+    OUTCOME_COLUMNS,
+    ScreeningData,
+    screening_data,
+    with_dose_stats,
+)
 from steerscreen.screening.predictor import fit_predictor
 
 STAGE = "fit"
@@ -69,7 +76,7 @@ class FitResult:
 def load_screening_data(run: RunLayout, strength: float | None = None) -> ScreeningData:
     """A run's predictors and outcomes joined (``strength``: default the first positive one
     recorded, which is the calibrated dose when the dose was calibrated)."""
-    outcomes = run.read_table(RunDir.STEERING_OUTCOMES)
+    outcomes = run.read_table(RunDir.STEERING_OUTCOMES, OUTCOME_COLUMNS)
     if strength is None:
         recorded = sorted(set(outcomes["strength"].to_list()))
         strength = analysed_strength(run.read_manifest().get("strengths", recorded))
@@ -77,9 +84,10 @@ def load_screening_data(run: RunLayout, strength: float | None = None) -> Screen
             raise ArtifactError(f"the run was steered only at strength 0 ({recorded}), the "
                                 "exactness check, where every outcome is 0 or NaN",
                                 "steer at a positive strength (or a calibrated dose)")
-    dose = (run.read_table(FEATURE_DOSE_STATS) if run.file(FEATURE_DOSE_STATS).is_file()
-            else None)
-    stats = with_dose_stats(run.read_table(RunDir.FEATURE_STATS), dose)
+    dose = (run.read_table(FEATURE_DOSE_STATS, ("feature", *DOSE_COLUMNS))
+            if run.file(FEATURE_DOSE_STATS).is_file() else None)
+    stats = with_dose_stats(run.read_table(RunDir.FEATURE_STATS, ("feature", *BASELINES[:3])),
+                            dose)
     return screening_data(stats, outcomes, strength)
 
 
@@ -90,7 +98,9 @@ def run_fit(cfg: FitConfig, run_dir: str | Path, force: bool = False,
     ``resume``: fail unless ``run_dir`` already records a fit (``--resume``); the fit keeps no
     partial state, so an interrupted one is computed again from the start."""
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.record().items()}
-    with stage(STAGE, run_dir, record, force=force, resume=resume, log=log) as st:
+    with stage(STAGE, run_dir, record, force=force, resume=resume, log=log,
+               outputs=[screening_file(n) for n in (*SCREENING_TABLES, PREDICTOR, SUMMARY)]
+               ) as st:
         run = st.run
         steer = run.stage("steer") if run.manifest_path.is_file() else None
         if steer is None or steer.get("status") != "complete":
@@ -141,13 +151,14 @@ def _write(run: RunDir, cfg: FitConfig, data: ScreeningData, an: Analysis
                                          an.predictions), strict=True))
     outputs = {screening_file(name): run.write_table(screening_file(name), df)
                for name, df in tables.items()}
-    predictor.save(folder / PREDICTOR)
+    predictor.save(run.claim(screening_file(PREDICTOR)))
     summary = jsonable({**an.summary, "predictor": PREDICTOR,
                         "conformal_q": {k: m.conformal_q for k, m in predictor.models.items()},
                         "environment": environment()})
-    write_json(folder / SUMMARY, summary)
+    write_json(run.claim(screening_file(SUMMARY)), summary)
     for name in (PREDICTOR, SUMMARY):
         outputs[screening_file(name)] = {"sha256": sha256_file(folder / name)}
+        run.record_file(screening_file(name), outputs[screening_file(name)]["sha256"])
     return summary, outputs
 
 

@@ -30,14 +30,15 @@ import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
 
 from steerscreen import __version__
-from steerscreen.errors import SteerscreenError
+from steerscreen.errors import ArtifactError, SteerscreenError
 from steerscreen.files import atomic_path, sha256_file, sha256_json, utc_now, write_json
-from steerscreen.layout import MANIFEST_FORMAT, PROGRESS_KEYS, RunLayout
+from steerscreen.layout import MANIFEST_FORMAT, PROGRESS_KEYS, RunLayout, steerscreen_temp
 
 
 def environment(device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
@@ -101,19 +102,59 @@ class RunDir(RunLayout):
         return manifest
 
     def discard_temp_files(self) -> list[str]:
-        """Delete what atomic writes killed part-way left in the folder (``.NAME.*.tmp`` files,
-        ``.NAME.tmp-*`` and ``.NAME.old-*`` folders) -> their names. One process writes a run
-        folder at a time, so none of them belongs to a live write."""
+        """Delete what atomic writes of steerscreen's own files killed part-way left in the
+        folder (:func:`~steerscreen.layout.steerscreen_temp`: exactly the temp names its writes
+        make, never a user's) -> their names. One process writes a run folder at a time, so
+        none of them belongs to a live write."""
         gone = []
         for p in self.path.glob(".*") if self.path.is_dir() else []:
-            if p.is_file() and p.name.endswith(".tmp"):
-                p.unlink(missing_ok=True)
-            elif p.is_dir() and (".tmp-" in p.name or ".old-" in p.name):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
+            if not steerscreen_temp(p.name) or p.is_symlink():
                 continue
+            if p.is_file():
+                p.unlink(missing_ok=True)
+            elif p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
             gone.append(p.name)
         return gone
+
+    # --- writing only what is steerscreen's ---------------------------------------------------
+    def claim(self, name: str) -> Path:
+        """The path of ``name``, refused (ArtifactError) when a file of that name is there that
+        steerscreen did not write (not in the manifest's ``files`` or any stage's outputs)."""
+        p = self.file(name)
+        if p.exists() or p.is_symlink():
+            m = self.read_manifest()
+            ours = name in (m.get("files") or {}) or any(
+                name in (rec.get("outputs") or {}) for rec in m["stages"].values())
+            if not ours:
+                raise ArtifactError(
+                    f"refusing to overwrite {str(p)!r}: steerscreen did not write it",
+                    "move that file away, or choose another output folder")
+        return p
+
+    def record_file(self, name: str, sha256: str) -> None:
+        """Note that steerscreen wrote ``name`` (so a rerun may replace it)."""
+        if self.manifest_path.is_file():
+            self.update_manifest({"files": {name: sha256}})
+
+    def write_table(self, name: str, df: pl.DataFrame) -> dict[str, Any]:
+        """Write ``df`` as parquet to ``name`` via a temp file + rename -> {sha256, rows, bytes}.
+        A file of that name steerscreen did not write is refused (:meth:`claim`)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.claim(name)) as tmp:
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+            info = {"sha256": sha256_file(tmp), "rows": df.height, "bytes": tmp.stat().st_size}
+        self.record_file(name, info["sha256"])
+        return info
+
+    def write_bytes(self, name: str, data: bytes) -> dict[str, Any]:
+        """Write ``data`` to ``name`` (atomically, claimed and recorded) -> {sha256}."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.claim(name)) as tmp:
+            tmp.write_bytes(data)
+            info = {"sha256": sha256_file(tmp)}
+        self.record_file(name, info["sha256"])
+        return info
 
     def update_stage(self, name: str, **fields: Any) -> dict[str, Any]:
         """Set ``fields`` in stage ``name``'s record (one atomic manifest write) -> the record."""
@@ -238,15 +279,6 @@ class RunDir(RunLayout):
                "outputs": {k: dict(v) for k, v in outputs.items()},
                "results": dict(results or {})}
         return self.update_manifest({**(extra or {}), "stages": {name: rec}})
-
-    # --- tables ---------------------------------------------------------------------------------
-    def write_table(self, name: str, df: pl.DataFrame) -> dict[str, Any]:
-        """Write ``df`` as parquet to ``name`` via a temp file + rename -> {sha256, rows, bytes}."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.file(name)) as tmp:
-            df.write_parquet(tmp, compression="zstd", statistics=True)
-            info = {"sha256": sha256_file(tmp), "rows": df.height, "bytes": tmp.stat().st_size}
-        return info
 
 
 def _stage_hash(config: Mapping[str, Any], inputs: Mapping[str, Any]) -> str:

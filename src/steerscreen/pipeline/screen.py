@@ -42,6 +42,8 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
 
     ``model`` / ``sae`` / ``down``: already-loaded objects instead of the specs (tests)."""
     predictor = Predictor.load(predictor_path)
+    for name in (SCREEN_TABLE, SCREEN_CSV):  # before the stats pass, not after it
+        RunDir(out).claim(name)
     s = float(predictor.dose["strength"])
     if stats_cfg.strength != s:
         stats_cfg = replace(stats_cfg, strength=s)
@@ -50,6 +52,8 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
         raise SpecError("the predictor uses base_pass, which needs the downstream SAE",
                         "pass --downstream-sae (and --downstream-hook) as used in training: "
                         f"{predictor.trained_on.get('downstream_hook')}")
+    if needs_pass and down is None:  # a missing or mismatched S' fails now, not after the pass
+        _check_downstream(str(downstream_sae), downstream_hook, stats_cfg.model, model)
     res = run_stats(stats_cfg, out, force=force, log=log, model=model, sae=sae,
                     progress=log is not None)
     run = RunDir(out)
@@ -67,8 +71,21 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
     ranked = ranked.sort([*key, pl.col("pred_cleanliness")], descending=[False] * len(key)
                          + [True], nulls_last=True).with_row_index("rank", offset=1)
     run.write_table(SCREEN_TABLE, ranked)
-    ranked.write_csv(run.file(SCREEN_CSV))
+    run.write_bytes(SCREEN_CSV, ranked.write_csv().encode())
     return ScreenResult(ranked, run.file(SCREEN_TABLE), run.file(SCREEN_CSV))
+
+
+def _check_downstream(spec: str, hook: str | None, model_spec: str,
+                      model: HookedModel | None) -> None:
+    from steerscreen.models.shape import read_model_shape
+    from steerscreen.saes import validate_pairing
+    from steerscreen.saes.io import check_sae_spec, read_sae_header
+
+    check_sae_spec(spec)
+    header = read_sae_header(spec)
+    shape = model if model is not None else read_model_shape(model_spec)
+    if header is not None and shape is not None:
+        validate_pairing(header, shape, hook)
 
 
 def _base_pass(cfg: StatsConfig, down_spec: str | None, down_hook: str | None, alpha: float,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,13 +102,16 @@ class StageRun(Timer):
 
 @contextlib.contextmanager
 def stage(name: str, folder: str | Path, config: Mapping[str, Any], *, force: bool = False,
-          resume: bool = False, log: Callable[[str], None] | None = None
-          ) -> Iterator[StageRun]:
-    """Guard a stage (``--resume`` and the config check) and hold its resources."""
+          resume: bool = False, log: Callable[[str], None] | None = None,
+          outputs: Iterable[str] = ()) -> Iterator[StageRun]:
+    """Guard a stage (``--resume``, the config check, and no file among its ``outputs`` that
+    steerscreen did not write: :meth:`RunDir.claim`) and hold its resources."""
     run = RunDir(folder)
     if resume:
         run.require_resumable(name, force=force)
     run.check_stage(name, config, force=force)
+    for output in outputs:
+        run.claim(output)
     with contextlib.ExitStack() as hold:
         yield StageRun(name=name, run=run, config=config, force=force, log=log, hold=hold)
 

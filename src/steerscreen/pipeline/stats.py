@@ -70,7 +70,13 @@ from steerscreen.pipeline.checks import (
 )
 from steerscreen.pipeline.runs import RunDir, StageCheck, environment
 from steerscreen.pipeline.stage import StageResult, StageRun, progress, stage
-from steerscreen.saes.io import LoadedSAE, load_sae, read_sae_header
+from steerscreen.saes.io import (
+    LoadedSAE,
+    check_sae_spec,
+    check_weights_finite,
+    load_sae,
+    read_sae_header,
+)
 from steerscreen.saes.pairing import SAELike, check_layer, validate_pairing
 from steerscreen.stats.accumulators import StatsAccumulator, StatsOptions
 from steerscreen.stats.collect import collect_stats, stats_tables
@@ -83,6 +89,7 @@ from steerscreen.stats.table import (
 )
 
 STAGE = "stats"
+OUTPUTS = (RunDir.FEATURE_STATS, RunDir.FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,11 +121,14 @@ class StatsResult(StageResult):
         return self.run.file(FEATURE_LOGIT_TOKENS)
 
 
-def check_stats(cfg: StatsConfig, out: str | Path, *, model: HookedModel | None = None,
+def check_stats(cfg: StatsConfig, out: str | Path | None, *, model: HookedModel | None = None,
                 sae: SAELike | None = None) -> HookPoint | None:
-    """Before a stats stage loads anything: output folder, SAE/model/hook pairing from their
-    configs, and memory. Returns the hook when it could be resolved."""
-    check_writable(out)
+    """Before a stats stage loads anything: output folder (unless None), SAE/model/hook pairing
+    from their configs, and memory. Returns the hook when it could be resolved."""
+    if out is not None:
+        check_writable(out)
+    if sae is None:
+        check_sae_spec(cfg.sae)  # an unknown scheme, a release typo: before the model loads
     shape = model if model is not None else read_model_shape(cfg.model)
     header = sae if sae is not None else read_sae_header(cfg.sae)
     hp = None
@@ -161,21 +171,19 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
     config. Nothing is written before every input has been loaded and checked. ``resume``:
     fail unless ``out`` already records a stats stage (``--resume``).
     """
-    with stage(STAGE, out, cfg.record(), force=force, resume=resume, log=log) as st:
+    with stage(STAGE, out, cfg.record(), force=force, resume=resume, log=log,
+               outputs=OUTPUTS) as st:
         ModelSpec.parse(cfg.model)
-        check_stats(cfg, out, model=model, sae=sae)  # configs, --out, memory: cheap too
+        hook = check_stats(cfg, out, model=model, sae=sae)  # configs, --out, memory: cheap too
         st.cluster(cfg, cfg.device)
-        inp = _load(st, cfg, model, sae)
+        inp = _load(st, cfg, model, sae, hook)
         check = st.check(inp.hashes)
         if check.action == "skip":
             return _skipped(st, check, inp)
         if check.record is not None:
             st.say(check.reason)
-        contexts, split_info = st.timed("contexts", lambda: stats_contexts(cfg, inp.corpus,
-                                                                           inp.model))
-        check_first_batch(inp.model, contexts.token_ids[: cfg.batch_size], inp.hook)
-        acc = _pass(st, cfg, inp, check, contexts, split_info, progress)
-        return _finish(st, cfg, inp, contexts, acc)
+        acc = _pass(st, cfg, inp, check, inp.contexts, inp.split_info, progress)
+        return _finish(st, cfg, inp, inp.contexts, acc)
 
 
 @dataclass
@@ -185,21 +193,36 @@ class _Inputs:
     model: HookedModel
     hook: HookPoint
     hashes: dict[str, Any]
+    contexts: Contexts
+    split_info: dict[str, Any]
 
 
-def _load(st: StageRun, cfg: StatsConfig, model: HookedModel | None, sae: LoadedSAE | None
-          ) -> _Inputs:
+def _load(st: StageRun, cfg: StatsConfig, model: HookedModel | None, sae: LoadedSAE | None,
+          hook: HookPoint | None) -> _Inputs:
+    """Corpus, model, contexts and SAE, each checked as it comes. A hub SAE loads before the
+    model (a failed download costs no model load); a local one is checked from its file, and
+    the model runs its first batch before SAELens is even imported when the preflight
+    resolved the hook (``hook``): NaN weights or activations are answered in seconds."""
     corpus = st.timed("load_corpus", lambda: load_corpus(cfg.corpus))
     check_stats_corpus(cfg, corpus)
-    loaded = sae if sae is not None else st.timed(
-        "load_sae", lambda: load_sae(cfg.sae, device=cfg.device))
+    loaded = sae
+    if loaded is None and not check_weights_finite(cfg.sae):
+        loaded = st.timed("load_sae", lambda: load_sae(cfg.sae, device=cfg.device))
     model = model if model is not None else st.timed(
         "load_model", lambda: load_model(cfg.model, cfg.device, cfg.dtype,
                                          trust_remote_code=cfg.trust_remote_code))
+    contexts, split_info = st.timed("contexts", lambda: stats_contexts(cfg, corpus, model))
+    first = contexts.token_ids[: cfg.batch_size]
+    if hook is not None:
+        check_first_batch(model, first, hook)
+    if loaded is None:
+        loaded = st.timed("load_sae", lambda: load_sae(cfg.sae, device=cfg.device))
     hp = validate_pairing(loaded, model, cfg.hook)
+    if hook is None or hp.name != hook.name:
+        check_first_batch(model, first, hp)
     hashes = {"model_sha256": st.timed("hash_model", lambda: model_sha256(model)),
               "sae_sha256": loaded.sha256, "corpus_sha256": corpus.sha256, "hook": hp.name}
-    return _Inputs(corpus, loaded, model, hp, hashes)
+    return _Inputs(corpus, loaded, model, hp, hashes, contexts, split_info)
 
 
 def _skipped(st: StageRun, check: StageCheck, inp: _Inputs) -> StatsResult:

@@ -72,6 +72,7 @@ from steerscreen.steering.sampling import (
 STAGE = "steer"
 SETS = ("steering", "fresh")
 DOSE_STATS = FEATURE_DOSE_STATS
+OUTPUTS = (RunDir.CONTEXTS, RunDir.STEERING_OUTCOMES, RunDir.STEERING_GRAM, DOSE_STATS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,19 +94,31 @@ class SteerResult(StageResult):
 
 def check_steer(cfg: SteerConfig, stats: dict[str, Any], n_features: int, *,
                 model: HookedModel | None = None, down: SAELike | None = None) -> None:
-    """Before a steer stage loads anything: feature ids against the stats table, the downstream
-    SAE against the recorded model and hook, and the steered batch against memory."""
+    """Before a steer stage loads anything: :func:`check_steer_inputs` for the model and hook
+    the stats stage recorded."""
+    sc = stats["config"]
+    check_steer_inputs(cfg, sc["model"], sc.get("dtype", "float32"), stats["inputs"]["hook"],
+                       n_features, model=model, down=down)
+
+
+def check_steer_inputs(cfg: SteerConfig, model_spec: str, dtype: str, hook: str | None,
+                       n_features: int, *, model: HookedModel | None = None,
+                       down: SAELike | None = None) -> None:
+    """The feature ids and count against the SAE's width, the downstream SAE against the model
+    and the steering hook (None: not known yet), and the steered batch against memory."""
     if cfg.feature_ids is not None:
         parse_feature_ids(cfg.feature_ids, n_features)
-    sc = stats["config"]
-    shape = model if model is not None else read_model_shape(sc["model"])
+    elif cfg.features > n_features:
+        raise SpecError(f"asked to steer {cfg.features} features, but the SAE has only "
+                        f"{n_features}", f"pass --features {n_features} or fewer")
+    shape = model if model is not None else read_model_shape(model_spec)
     header = down if down is not None else read_sae_header(cfg.downstream_sae)
     if shape is None:
         return
-    hp = HookPoint.parse(stats["inputs"]["hook"])
     if header is not None:
         dhp = validate_pairing(header, shape, cfg.downstream_hook)
-        if dhp.depth <= hp.depth:
+        hp = HookPoint.parse(hook) if hook is not None else None
+        if hp is not None and dhp.depth <= hp.depth:
             raise SpecError(f"the downstream hook {dhp.name} does not lie after the steering "
                             f"hook {hp.name}", "pick a downstream SAE at a later layer")
     if cfg.batch_rows is not None:
@@ -115,7 +128,7 @@ def check_steer(cfg: SteerConfig, stats: dict[str, Any], n_features: int, *,
         check_fits("the steer stage", {
             "steered batch": cfg.batch_rows * row_bytes(t, v, d, g),
             "clean cache": cache_bytes(n_ctx, t, v, d, g),
-            **model_bytes(shape, sc.get("dtype", "float32"))},
+            **model_bytes(shape, dtype)},
             cfg.device, "lower --batch-rows (or leave it out: it is then sized from free "
             "memory), --context-len or --contexts")
 
@@ -133,7 +146,8 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
     calibration contexts and directions (not on the SAE), so runs that share those reuse it.
     ``resume``: fail unless ``run_dir`` already records a steer stage (``--resume``). With
     ``backend="ray"`` the workers load the recorded model and ``cfg.downstream_sae`` by spec."""
-    with stage(STAGE, run_dir, cfg.record(), force=force, resume=resume, log=log) as st:
+    with stage(STAGE, run_dir, cfg.record(), force=force, resume=resume, log=log,
+               outputs=OUTPUTS) as st:
         stats = _stats_record(st.run)
         n_features = (stats.get("results") or {}).get("n_features")
         check_steer(cfg, stats, int(n_features) if n_features is not None else
@@ -224,7 +238,7 @@ def _prepare(st: StageRun, cfg: SteerConfig, inp: _Inputs, check: StageCheck) ->
                         n_steering=cfg.contexts, n_fresh=cfg.fresh_contexts,
                         n_calibration=cfg.calibration_contexts if cfg.strengths is None else 0,
                         seed=cfg.seed)
-    table = st.run.read_table(RunDir.FEATURE_STATS)
+    table = st.run.read_table(RunDir.FEATURE_STATS, ("feature", "dead", "base_freq"))
     feats = _features(cfg, table, inp.sae.d_sae)
     dead = table["dead"].to_numpy()[feats]
     if dead.any():
@@ -476,5 +490,5 @@ def _result(run: RunDir, record: dict[str, Any], *, skipped: bool) -> SteerResul
                        timings={k: float(v) for k, v in tim.items()})
 
 
-__all__ = ["SteerConfig", "SteerResult", "base_pass", "check_steer", "contexts_frame",
-           "run_steer"]
+__all__ = ["SteerConfig", "SteerResult", "base_pass", "check_steer", "check_steer_inputs",
+           "contexts_frame", "run_steer"]

@@ -17,14 +17,15 @@ dose calibration is computed once and shared by the runs (it does not depend on 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from steerscreen import __version__, config
-from steerscreen.config import SAEEntry, StudyConfig
-from steerscreen.errors import ArtifactError
+from steerscreen.config import SAEEntry, StudyConfig, study_terms
+from steerscreen.errors import ArtifactError, OfflineError, SteerscreenError
 from steerscreen.files import atomic_dir, utc_now, write_json
 from steerscreen.layout import COMPARISON, RUNS, SCREENING, STUDY_FILE, STUDY_FORMAT, SUMMARY
 from steerscreen.pipeline.plan import Plan, describe_plan, format_duration, make_plan
@@ -91,9 +92,14 @@ class StudyResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def check_study(cfg: StudyConfig) -> None:
-    """What a study file cannot check alone, before anything loads: the model, corpus and SAE
-    specs name something that exists (or could be fetched)."""
+def check_study(cfg: StudyConfig, out: str | Path | None = None) -> None:
+    """Everything a study can be checked for before anything loads or is written (so a study
+    that would fail later never writes study.json first): the model, corpus and SAE specs name
+    something that exists, and every stage's own preflight runs for every SAE (hooks against
+    the model's layers, widths, pairings, feature counts, memory) with its fix line in the
+    study file's keys. ``out``: the study is about to run there, so also check that it can be
+    written, and refuse a model only a download (forbidden by HF offline mode) would bring;
+    without it (``plan``, validating a config) such a model's shape is just unknown."""
     from steerscreen.corpus import check_corpus_spec
     from steerscreen.models import ModelSpec
     from steerscreen.saes.io import check_sae_spec
@@ -102,7 +108,79 @@ def check_study(cfg: StudyConfig) -> None:
     check_corpus_spec(cfg.corpus)
     for e in [*cfg.saes, cfg.downstream]:
         if e is not None and not e.trained:
-            check_sae_spec(e.spec or "")
+            with _where(e):
+                check_sae_spec(e.spec or "")
+    if out is not None:
+        from steerscreen.pipeline.checks import check_writable
+
+        check_writable(out)
+    _check_stages(cfg, offline_ok=out is None)
+
+
+def _check_stages(cfg: StudyConfig, offline_ok: bool) -> None:
+    from steerscreen.models.shape import read_model_shape
+    from steerscreen.pipeline.stats import check_stats
+    from steerscreen.pipeline.steer import check_steer_inputs
+    from steerscreen.pipeline.train import check_train
+
+    down = cfg.downstream
+    assert down is not None
+    try:
+        shape = read_model_shape(cfg.model)  # None when only a download would tell
+    except OfflineError:
+        if not offline_ok:
+            raise
+        return  # every stage check starts from the model's shape; the run will fetch it
+    trained = [e for e in [*cfg.saes, down] if e.trained]
+    if trained:
+        with _where(None, "train"):
+            check_train([cfg.train_config(e) for e in trained], None)
+    d_model = shape.d_model if shape is not None else 0
+    headers = {e.name: _header(e, d_model) for e in [*cfg.saes, down]}
+    down_spec = down.spec or f"[downstream] {down.name}"
+    for e in cfg.saes:
+        head = headers[e.name]
+        with _where(e, "stats"):
+            hp = check_stats(cfg.stats_config(head.spec if head else e.spec or "", e.hook),
+                             None, sae=head)
+        if head is None:
+            continue
+        with _where(e, "steer"):
+            check_steer_inputs(cfg.steer_config(down_spec, down.hook), cfg.model, cfg.dtype,
+                               hp.name if hp is not None else e.hook, head.d_sae,
+                               down=headers[down.name])
+
+
+def _header(e: SAEEntry, d_model: int) -> Any:
+    """What the preflight knows of an SAE: its cfg.json (None for a release or uncached hub
+    SAE), or, for one the study trains, its configured width at its hook."""
+    from steerscreen.saes.io import SAEHeader, read_sae_header
+
+    if not e.trained:
+        return read_sae_header(e.spec or "")
+    if not d_model:
+        return None
+    return SAEHeader(f"[[sae]] {e.name}" if e.name != "downstream" else "[downstream]",
+                     d_model, int(e.width or 0), e.hook, None)
+
+
+@contextmanager
+def _where(e: SAEEntry | None, section: str | None = None) -> Iterator[None]:
+    """Say which [[sae]] an error is about, with the fix in study-file keys (``[steer]
+    features``, not ``--features``)."""
+    try:
+        yield
+    except SteerscreenError as err:
+        if e is not None:
+            err.what = f"{_entry_name(e)}: {err.what}"
+        if section is not None:
+            err.fix = study_terms(section, err.fix)
+        err.args = (f"{err.what}\n  fix: {err.fix}" if err.fix else err.what,)
+        raise
+
+
+def _entry_name(e: SAEEntry) -> str:
+    return "[downstream]" if e.name == "downstream" else f"[[sae]] {e.name!r}"
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, force: bool = False,
@@ -116,7 +194,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, force: bool = False,
     study (``--resume``; a rerun resumes anyway)."""
     say = log or (lambda _m: None)
     folder = Path(out)
-    check_study(cfg)
+    check_study(cfg, folder)
     plan = make_plan(cfg)
     if resume:
         _require_study(folder, force)
@@ -302,7 +380,8 @@ def _compare(cfg: StudyConfig, folder: Path, runs: list[StudyRun]) -> None:
     write_comparison(c._replace(
         transfer=c.transfer.with_columns(pl.col("train").replace(names),
                                          pl.col("test").replace(names)),
-        per_run=c.per_run.with_columns(pl.col("run").replace(names))), folder / COMPARISON)
+        per_run=c.per_run.with_columns(pl.col("run").replace(names))), folder / COMPARISON,
+        owned=True)
 
 
 def headline(folder: Path, run: StudyRun) -> Headline | None:

@@ -21,7 +21,7 @@ import torch
 from steerscreen import __version__
 from steerscreen.config import TrainConfig
 from steerscreen.corpus import Contexts, Corpus, load_corpus, make_contexts, split_documents
-from steerscreen.errors import SpecError
+from steerscreen.errors import ArtifactError, SpecError
 from steerscreen.files import atomic_dir, cache_dir, sha256_json, write_json
 from steerscreen.layout import TRAINING_SUMMARY
 from steerscreen.memory import check_fits
@@ -79,6 +79,8 @@ def check_train(configs: Sequence[TrainConfig], out: str | Path | None, *,
     activation buffer against memory."""
     if out is not None:
         check_writable(out)
+        for dest in destinations(configs, out):
+            check_destination(dest)
     base = configs[0]
     ModelSpec.parse(base.model)
     shape = model if model is not None else read_model_shape(base.model)
@@ -178,10 +180,27 @@ def _train_one(c: TrainConfig, key: str, model: HookedModel, hook: str, acts: to
                   collect_s)
 
 
+def destinations(configs: Sequence[TrainConfig], out: str | Path) -> list[Path]:
+    """Where each trained SAE goes: ``out`` (one config) or ``out/<arch>-<width>-L<layer>``."""
+    out = Path(out)
+    return [out if len(configs) == 1 else out / (
+        f"{c.arch}-{c.width}-L{HookPoint.parse(c.hook).layer}") for c in configs]
+
+
+def check_destination(dest: Path) -> None:
+    """A trained SAE replaces only a folder steerscreen trained into before (it holds a
+    training summary): never a user's files, never another SAE."""
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise ArtifactError(f"cannot write the SAE to {str(dest)!r}: it is a file",
+                            "choose a folder path for --out")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / SUMMARY).is_file():
+        raise ArtifactError(f"refusing to replace {str(dest)!r}: a non-empty folder that "
+                            "train-sae did not write", "choose a new or empty --out folder")
+
+
 def _copy_out(configs: list[TrainConfig], result: list[TrainSummary], out: Path) -> None:
-    for c, s in zip(configs, result, strict=True):
-        dest = out if len(configs) == 1 else out / (
-            f"{c.arch}-{c.width}-L{HookPoint.parse(c.hook).layer}")
+    for s, dest in zip(result, destinations(configs, out), strict=True):
+        check_destination(dest)
         with atomic_dir(dest) as tmp:
             shutil.copytree(s.sae_path, tmp, dirs_exist_ok=True)
             s.sae_path = str(dest)

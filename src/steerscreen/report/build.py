@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Literal
 
 from steerscreen import __version__
+from steerscreen.errors import ArtifactError
 from steerscreen.files import atomic_path, utc_now
 from steerscreen.layout import FIGURES, REPORT
 from steerscreen.layout import REPORT_SUMMARY as SUMMARY
-from steerscreen.report.html import Safe, join, page, tag
+from steerscreen.report.html import GENERATOR, Safe, join, page, tag
 from steerscreen.report.load import RunData, StudyData, load
 from steerscreen.report.sections import Plot, Section, run_sections
 from steerscreen.report.study import study_sections
@@ -42,6 +43,8 @@ def write_report(path: str | Path) -> ReportResult:
     t0 = time.perf_counter()
     data = load(path)
     root = data.path
+    for name in (REPORT, SUMMARY):  # before anything is written
+        _claim(root / name)
     stamp = f"generated {utc_now()} by steerscreen {__version__}"
     if isinstance(data, StudyData):
         sections = study_sections(data)
@@ -94,6 +97,24 @@ def _toc(sections: list[Section]) -> Safe:
                                items(s.children) if s.children else "") for s in secs])
 
     return tag("nav", tag("strong", "Contents"), items(sections), class_="toc")
+
+
+def _claim(path: Path) -> None:
+    """Refuse to replace a report.html or summary.md that a report of steerscreen did not
+    write (its page carries :data:`GENERATOR`, its summary starts ``# steerscreen``)."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    mark = GENERATOR if path.suffix == ".html" else "# steerscreen"
+    head = ""
+    if path.is_file() and not path.is_symlink():  # never open a FIFO (it would block)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                head = f.read(2000)
+        except OSError:
+            pass
+    if mark not in head:
+        raise ArtifactError(f"refusing to overwrite {str(path)!r}: steerscreen did not write it",
+                            "move that file away, or write the report somewhere else")
 
 
 def _write_png(root: Path, plot: Plot) -> Path:

@@ -242,10 +242,15 @@ footer { margin-top: 3rem; color: var(--muted); font-size: .85rem;
 """
 
 
+GENERATOR = '<meta name="generator" content="steerscreen">'
+"""In every report page: a report.html without it is not steerscreen's to replace."""
+
+
 def page(title: str, subtitle: Safe | str, toc: Safe, body: Safe, footer: Safe | str) -> str:
     """The whole document; ``title`` and text arguments are escaped here."""
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"{GENERATOR}\n"
             f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
             f"{tag('header', tag('h1', title), tag('p', subtitle, class_='sub'), class_='page')}"
             f"\n{toc}\n{body}\n{tag('footer', footer)}\n</main>\n</body>\n</html>\n")

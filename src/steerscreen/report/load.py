@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from steerscreen.errors import ArtifactError, SteerscreenError
-from steerscreen.files import user_path
+from steerscreen.files import path_kind, require_file, user_path
 from steerscreen.layout import (
     COMPARISON,
     PER_RUN,
@@ -195,8 +195,9 @@ def _table(run: RunDir, name: str) -> pl.DataFrame | None:
 
 
 def _json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
+    if path_kind(path) == "missing":
         return None
+    require_file(path, "run file", "rerun the stage that writes it")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

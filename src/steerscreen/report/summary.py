@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,22 @@ from steerscreen.report.html import ci, num
 from steerscreen.report.load import RunData, StudyData
 from steerscreen.report.sections import facts
 from steerscreen.report.study import per_run_rows
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#~])")  # "|" only matters in tables: _cell
+
+
+def _md(x: object) -> str:
+    """Text from a user (a model, hook, run or study name) as literal Markdown: its markup
+    characters escaped, newlines folded."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(x).split()))
+
+
+def _code(x: object) -> str:
+    """A path as a Markdown code span that no backtick inside it can close early."""
+    text = " ".join(str(x).splitlines())
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _cell(x: object) -> str:
@@ -36,12 +53,13 @@ def _power(v: Verdict) -> str:
 
 
 def run_lines(run: RunData, figures: Sequence[Path], root: Path, level: str = "##") -> list[str]:
-    lines = [facts(run), ""]
+    lines = [_md(facts(run)), ""]
     p = hl.primary(run)
     if p is None:
         cmd = ("steerscreen stats" if run.stats is None else "steerscreen steer"
                if run.outcomes is None else "steerscreen fit")
-        return [*lines, f"Not fitted yet: run `{cmd}` for `{run.path}` (see report.html).", ""]
+        return [*lines, f"Not fitted yet: run `{cmd}` for {_code(run.path)} (see report.html).",
+                ""]
     lines += [f"{level} Headline", "",
               f"**Primary endpoint** ({p.get('model')}, {p.get('full')} vs {p.get('baseline')}, "
               f"{p.get('outcome')} on {p.get('context_set')} contexts): ρ "
@@ -68,43 +86,46 @@ def run_lines(run: RunData, figures: Sequence[Path], root: Path, level: str = "#
             f"{LABELS[o]} {_iv(iv, False)}" for o, iv in nc.items()) + "."]
     if figures:
         lines += ["", f"{level} Figures", ""]
-        lines += [f"- `{f.relative_to(root)}`" for f in figures]
+        lines += [f"- {_code(f.relative_to(root))}" for f in figures]
     return [*lines, ""]
 
 
 def run_summary(run: RunData, figures: Sequence[Path], stamp: str) -> str:
-    head = [f"# steerscreen report: {run.name}", "",
-            f"Run folder `{run.path}`; {stamp}. The full report is `report.html`.", ""]
+    head = [f"# steerscreen report: {_md(run.name)}", "",
+            f"Run folder {_code(run.path)}; {stamp}. The full report is `report.html`.", ""]
     return "\n".join(head + run_lines(run, figures, run.path))
 
 
 def study_summary(study: StudyData, shared: Sequence[Path],
                   run_figures: dict[str, list[Path]], stamp: str) -> str:
-    lines = [f"# steerscreen study report: {study.name}", "",
-             f"Study folder `{study.path}`, {len(study.runs)} runs; {stamp}. The full report "
+    lines = [f"# steerscreen study report: {_md(study.name)}", "",
+             f"Study folder {_code(study.path)}, {len(study.runs)} runs; {stamp}. The full report "
              "is `report.html`.", "", "## Primary endpoint per SAE", ""]
     lines += _table(("run", "architecture", "width", "n", "ρ full", "ρ freq+mag",
                      "Δρ [95% CI]", "primary endpoint", "verdict (cleanliness)"),
-                    [(r["run"], r.get("arch") or "–", r.get("width") or "–", r.get("n_fit") or "–",
+                    [(_md(r["run"]), _md(r.get("arch") or "–"), r.get("width") or "–",
+                      r.get("n_fit") or "–",
                       num(r.get("rho_full")), num(r.get("rho_freq_mag")),
                       ci(r.get("delta_rho"), r.get("delta_lo"), r.get("delta_hi"), signed=True),
                       r.get("primary_verdict") or "–",
                       r.get("verdict_cleanliness") or "not fitted") for r in per_run_rows(study)])
     lines += ["", "## Transfer", ""]
     if study.transfer is None or study.transfer.height == 0:
-        lines.append(f"Not computed: run `steerscreen compare ... --out {study.path}/comparison`.")
+        lines.append("Not computed: run "
+                     + _code(f"steerscreen compare ... --out {study.path}/comparison") + ".")
     else:
         lines += _table(("outcome", "fit on", "evaluated on", "ρ [95% CI]"),
-                        [(r["outcome"], r["train"], r["test"], ci(r["rho"], r["lo"], r["hi"]))
+                        [(r["outcome"], _md(r["train"]), _md(r["test"]),
+                          ci(r["rho"], r["lo"], r["hi"]))
                          for r in study.transfer.sort(["outcome", "train", "test"])
                          .iter_rows(named=True)])
     if shared:
-        lines += ["", "Figures: " + ", ".join(f"`{f.relative_to(study.path)}`" for f in shared)]
+        lines += ["", "Figures: " + ", ".join(_code(f.relative_to(study.path)) for f in shared)]
     lines.append("")
     for r in study.runs:
-        lines += [f"## Run {r.name}", ""]
+        lines += [f"## Run {_md(r.name)}", ""]
         if r.data is None:
-            lines += [f"The run folder `{r.path}` is missing.", ""]
+            lines += [f"The run folder {_code(r.path)} is missing.", ""]
             continue
         lines += run_lines(r.data, run_figures.get(r.name, []), study.path, level="###")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ import functools
 import hashlib
 import json
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +36,22 @@ import torch
 
 from steerscreen import specs
 from steerscreen.errors import ArtifactError, OfflineError, SpecError
-from steerscreen.files import atomic_dir, cache_dir, sha256_file, user_path, write_json
+from steerscreen.files import atomic_dir, cache_dir, path_kind, sha256_file, user_path, write_json
 from steerscreen.hub import hub_offline, is_network_error, offline_mode
+from steerscreen.saes.files import (
+    CFG_FILENAME,
+    DTYPE_NAMES,
+    WEIGHTS_FILENAME,
+    check_folder,
+    read_cfg,
+)
 
 if TYPE_CHECKING:  # sae_lens takes ~10 s to import; keep `import steerscreen.saes` cheap
     from sae_lens import SAE
 
-CFG_FILENAME = "cfg.json"
-WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
 SCHEMES = specs.names("sae")  # ("local", "saelens", "hf")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 # Releases trained on TransformerLens's mean-centred residual (center_writing_weights=True) whose
 # hub cfg may not say so (a v6 cfg drops the yaml override outside `metadata`).
@@ -163,8 +167,10 @@ def _resolve_local(rest: str, spec: str) -> Path:
             "saelens:RELEASE/SAE_ID or hf:OWNER/REPO[/SUBFOLDER]",
         )
     if not path.is_dir():
+        kind = path_kind(path)
         raise ArtifactError(
-            f"SAE spec {spec!r} names the file {str(path)!r}, not an SAE folder",
+            f"SAE spec {spec!r} names the {'file' if kind == 'file' else kind} {str(path)!r}, "
+            "not an SAE folder",
             "pass the folder that holds cfg.json and sae_weights.safetensors",
         )
     return path
@@ -216,11 +222,11 @@ def saelens_directory() -> dict[str, ReleaseEntry]:
 
 def _load_folder(folder: Path, spec: str, device: str, dtype: str,
                  releases: list[str] | tuple[str, ...]) -> LoadedSAE:
+    check_folder(folder)  # every mistake the files show, before SAELens (5 s) is imported
+    weights = folder / WEIGHTS_FILENAME
+    _check_finite_file(weights)
     from sae_lens import SAE
 
-    cfg = _read_cfg(folder / CFG_FILENAME)
-    weights = folder / WEIGHTS_FILENAME
-    _check_weights_file(weights, cfg)
     digest = sha256_file(weights)
     try:
         with _quiet_sae_lens():
@@ -232,7 +238,8 @@ def _load_folder(folder: Path, spec: str, device: str, dtype: str,
             f"SAELens could not build the SAE in {str(folder)!r}: {type(e).__name__}: {e}",
             "check cfg.json against the weights (re-save or re-download the SAE)",
         ) from e
-    _finish(sae, folder / WEIGHTS_FILENAME)
+    # Finite in the file; a narrower dtype than the file's can still overflow to Inf.
+    _finish(sae, weights, check=dtype != "float32")
     centre_from_release = any(r.startswith(_CENTRED_RELEASE_PREFIXES) for r in releases)
     return _wrap(sae, spec, folder, digest, centre_extra=centre_from_release)
 
@@ -265,81 +272,40 @@ def _tensors_only_torch_load() -> Iterator[None]:
         torch.load = original  # type: ignore[assignment]
 
 
-def _read_cfg(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ArtifactError(
-            f"SAE folder {str(path.parent)!r} has no {CFG_FILENAME}",
-            "an SAE folder needs cfg.json and sae_weights.safetensors (SAELens format); "
-            "re-save or re-download it",
-        )
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(
-            f"{str(path)!r} is not valid JSON ({e})",
-            "the file is corrupt or truncated: re-save or re-download the SAE",
-        ) from e
-    if not isinstance(cfg, dict):
-        raise ArtifactError(f"{str(path)!r} holds a JSON {type(cfg).__name__}, not an object",
-                            "re-save or re-download the SAE")
-    missing = [k for k in ("d_in", "d_sae")
-               if type(cfg.get(k)) is not int or cfg[k] < 1]  # bool is an int subclass
-    if missing:
-        raise ArtifactError(f"{str(path)!r} lacks positive integer {' and '.join(missing)}",
-                            "this is not a SAELens cfg.json: re-save or re-download the SAE")
-    from sae_lens.registry import SAE_CLASS_REGISTRY
-
-    arch = cfg.get("architecture", "standard")  # pre-6 configs default to standard
-    if not isinstance(arch, str) or arch not in SAE_CLASS_REGISTRY:
-        raise ArtifactError(
-            f"{str(path)!r} names the unknown architecture {arch!r}",
-            f"SAELens knows {', '.join(sorted(SAE_CLASS_REGISTRY))}; upgrade sae-lens or fix "
-            "the file",
-        )
-    return cfg
+def check_weights_finite(spec: str) -> bool:
+    """For an SAE in a local folder: refuse NaN/Inf weights from the file itself, without
+    SAELens (5 s to import) and before anything else loads (``load_sae`` then skips the
+    same check). -> whether it was checked: False for a hub SAE, checked as it loads."""
+    scheme, rest = _split_scheme(spec.strip())
+    if scheme is not None and scheme != "local":
+        return False
+    _check_finite_file(_resolve_local(rest, spec) / WEIGHTS_FILENAME)
+    return True
 
 
-def _check_weights_file(path: Path, cfg: Mapping[str, Any]) -> None:
-    """Open the safetensors header (cheap) and check names and shapes against cfg.json."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise ArtifactError(f"SAE folder {str(path.parent)!r} has no {WEIGHTS_FILENAME}",
-                            "re-save or re-download the SAE (the weights file is missing)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as e:
-        raise ArtifactError(
-            f"{str(path)!r} is not a readable safetensors file ({e})",
-            "the file is truncated or corrupt: re-save or re-download the SAE",
-        ) from e
-    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
-    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "threshold": (d_sae,)}
-    if "d_out" not in cfg:  # an SAE (not a transcoder) decodes back to d_in
-        expected |= {"W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    arch = cfg.get("architecture", "standard")
-    arch_tensors = {"standard": ["b_enc"], "topk": ["b_enc"], "jumprelu": ["b_enc", "threshold"]}
-    required = ["W_enc", "W_dec", "b_dec", *arch_tensors.get(arch, [])]
-    absent = [k for k in required if k not in shapes]
-    if absent:
-        raise ArtifactError(
-            f"{str(path)!r} lacks the tensor(s) {', '.join(absent)} a {arch!r} SAE needs "
-            f"(it has {', '.join(sorted(shapes)) or 'none'})",
-            "re-save or re-download the SAE",
-        )
-    for k, shape in expected.items():
-        if k in shapes and shapes[k] != shape:
-            raise ArtifactError(
-                f"{str(path)!r}: tensor {k} has shape {list(shapes[k])}, but cfg.json "
-                f"(d_in={d_in}, d_sae={d_sae}) implies {list(shape)}",
-                "cfg.json and the weights do not belong together: re-save or re-download",
-            )
+def _check_finite_file(path: Path) -> None:
+    st = path.stat()
+    _check_finite_file_once(str(path), st.st_size, st.st_mtime_ns)
 
 
-def _check_finite(sae: SAE[Any], source: Path | str) -> None:
+@functools.lru_cache(maxsize=8)
+def _check_finite_file_once(path: str, size: int, mtime_ns: int) -> None:
+    """Keyed by size and mtime too: a file rewritten in place is checked again."""
+    _check_finite(_file_tensors(Path(path)), path)
+
+
+def _file_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """A safetensors file's tensors one at a time (memory-mapped: one tensor in memory)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+            yield name, f.get_tensor(name)
+
+
+def _check_finite(tensors: Iterable[tuple[str, torch.Tensor]], source: Path | str) -> None:
     """Reject NaN/Inf weights up front: they would silently poison every statistic."""
-    for name, t in sae.state_dict().items():
+    for name, t in tensors:
         if not torch.is_floating_point(t):
             continue
         bad = ~torch.isfinite(t)
@@ -362,8 +328,9 @@ def _check_finite(sae: SAE[Any], source: Path | str) -> None:
         )
 
 
-def _finish(sae: SAE[Any], source: Path | str) -> None:
-    _check_finite(sae, source)
+def _finish(sae: SAE[Any], source: Path | str, check: bool = True) -> None:
+    if check:
+        _check_finite(sae.state_dict().items(), source)
     sae.eval()
     sae.requires_grad_(False)  # an analysis object: no autograd graphs on encode
 
@@ -439,9 +406,9 @@ class SAEHeader:
 
 def read_sae_header(spec: str) -> SAEHeader | None:
     """The cfg.json facts of a local (or already cached ``hf:``) SAE, in milliseconds; None
-    when they are not at hand cheaply (``saelens:`` releases, uncached hub SAEs) or the file
-    does not read (``load_sae`` then reports why). A missing local folder raises as in
-    ``load_sae``, so a typo fails before anything loads."""
+    when they are not at hand cheaply (``saelens:`` releases, uncached hub SAEs). Every mistake
+    in a local folder's files (``steerscreen.saes.files``) raises as in ``load_sae``, so it
+    fails before anything loads."""
     spec = spec.strip()
     scheme, rest = _split_scheme(spec)
     if scheme is None or scheme == "local":
@@ -459,14 +426,10 @@ def read_sae_header(spec: str) -> SAEHeader | None:
         path = Path(cached)
     else:
         return None
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-        meta = cfg.get("metadata") or {}
-        d_in, d_sae = cfg["d_in"], cfg["d_sae"]
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return None
-    if type(d_in) is not int or type(d_sae) is not int or not isinstance(meta, dict):
-        return None
+    # A mistake in the files is refused here, before anything loads or is written.
+    cfg = check_folder(path.parent) if scheme is None or scheme == "local" else read_cfg(path)
+    meta = cfg.get("metadata") or {}
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     # Pre-6 SAELens configs keep these at the top level; the loader moves them.
     hook, model = (meta.get(k) or cfg.get(k) for k in ("hook_name", "model_name"))
     return SAEHeader(spec, d_in, d_sae, hook if isinstance(hook, str) else None,
@@ -474,13 +437,13 @@ def read_sae_header(spec: str) -> SAEHeader | None:
 
 
 def check_sae_spec(spec: str) -> None:
-    """Validate an SAE spec without loading weights or touching the network: the scheme, that a
-    local folder exists, that a ``saelens:`` release and id are in SAELens's directory, and the
+    """Validate an SAE spec without loading weights or touching the network: the scheme, a
+    local folder's files, that a ``saelens:`` release and id are in SAELens's directory, and the
     shape of an ``hf:`` spec. Raises the error ``load_sae`` would raise for the same mistake."""
     spec = spec.strip()
     scheme, rest = _split_scheme(spec)
     if scheme is None or scheme == "local":
-        _resolve_local(rest, spec)
+        read_sae_header(spec)  # the folder and both files
     elif scheme == "saelens":
         _release_lookup(rest, spec)
     elif scheme == "hf":

@@ -25,7 +25,10 @@ from steerscreen.stats.registry import COLUMNS, GROUPS
 OUTCOMES = ("effect_stability", "collateral_spread", "cleanliness")
 SIDE_OUTCOMES = ("effect_kl", "target_gain", "collateral_out")
 BASELINES = ("base_freq", "base_mag", "base_direct", "base_pass")
-_DOSE_COLUMNS = ("base_pass", "logit_entropy", "logit_top10_mass")
+DOSE_COLUMNS = ("base_pass", "logit_entropy", "logit_top10_mass")
+OUTCOME_COLUMNS = ("feature", "direction", "strength", "context_set", "effect_stability",
+                   "collateral_spread", *SIDE_OUTCOMES)
+"""The steering_outcomes columns the screening reads."""
 
 
 def predictor_columns(stats: pl.DataFrame) -> list[str]:
@@ -95,8 +98,8 @@ def with_dose_stats(stats: pl.DataFrame, dose: pl.DataFrame | None) -> pl.DataFr
     swapped in when there are any."""
     if dose is None:
         return stats
-    dose = dose.select(["feature", *_DOSE_COLUMNS])
-    return stats.drop([c for c in _DOSE_COLUMNS if c in stats.columns]).join(
+    dose = dose.select(["feature", *DOSE_COLUMNS])
+    return stats.drop([c for c in DOSE_COLUMNS if c in stats.columns]).join(
         dose, on="feature", how="left")
 
 

@@ -26,7 +26,7 @@ import polars as pl
 
 from steerscreen import __version__
 from steerscreen.errors import ArtifactError
-from steerscreen.files import write_json
+from steerscreen.files import require_file, user_path, write_json
 from steerscreen.screening.data import OUTCOMES, ScreeningData, predictor_sets
 from steerscreen.screening.models import ridge
 
@@ -76,11 +76,9 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
-        p = Path(path)
-        if not p.is_file():
-            raise ArtifactError(f"predictor file {str(p)!r} does not exist",
-                                "pass the predictor.json that `steerscreen fit` wrote "
-                                "(RUN/screening/predictor.json)")
+        p = user_path(path)
+        require_file(p, "predictor file", "pass the predictor.json that `steerscreen fit` "
+                     "wrote (RUN/screening/predictor.json)")
         try:
             raw = json.loads(p.read_text(encoding="utf-8"))
             if not isinstance(raw, dict):
@@ -148,11 +146,16 @@ def _linear_model(outcome: str, raw: Any, n_columns: int) -> LinearModel:
         v = getattr(m, name)
         if not (isinstance(v, list) and len(v) == n_columns
                 and all(_is_number(x) for x in v)):
-            raise ValueError(f"model {outcome!r}: {name} is not {n_columns} numbers (one per "
-                             "column)")
-    for name in ("intercept", "conformal_q", "conformal_level"):
+            raise ValueError(f"model {outcome!r}: {name} is not {n_columns} finite numbers "
+                             "(one per column)")
+    for name in ("intercept", "conformal_level"):
         if not _is_number(getattr(m, name)):
-            raise ValueError(f"model {outcome!r}: {name} is not a number")
+            raise ValueError(f"model {outcome!r}: {name} is not a finite number")
+    q = m.conformal_q  # +inf is an honest half-width for a tiny calibration set
+    if not (isinstance(q, int | float) and not isinstance(q, bool) and q >= 0):
+        raise ValueError(f"model {outcome!r}: conformal_q is not a number >= 0")
+    if any(s <= 0 for s in m.scales):
+        raise ValueError(f"model {outcome!r}: scales must be positive")
     if m.alpha is not None and not _is_number(m.alpha):
         raise ValueError(f"model {outcome!r}: alpha is not a number or null")
     if m.outcome != outcome:
@@ -161,7 +164,8 @@ def _linear_model(outcome: str, raw: Any, n_columns: int) -> LinearModel:
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)  # NaN/Infinity read as floats
+    """A finite number (JSON's NaN and Infinity read as floats, and are refused)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def conformal_q(abs_residuals: np.ndarray, level: float) -> float:

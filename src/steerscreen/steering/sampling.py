@@ -20,7 +20,7 @@ import torch
 
 from steerscreen.corpus import DEFAULT_SPLITS, Contexts, Corpus, make_contexts, split_documents
 from steerscreen.errors import CorpusError, SpecError
-from steerscreen.files import user_path
+from steerscreen.files import path_kind, user_path
 
 N_BINS = 10
 _FLAGS = {"steering": "--contexts", "fresh": "--fresh-contexts",
@@ -57,8 +57,13 @@ def parse_feature_ids(spec: str, n_features: int) -> np.ndarray:
     """Feature ids from ``"3,17,40"`` or a file path -> sorted unique int64 ids (range-checked)."""
     text = spec.strip()
     path = user_path(text)
-    if path.is_file():
+    kind = path_kind(path)
+    if kind == "file":
         ids = _read_id_file(path)
+    elif kind != "missing":
+        raise SpecError(f"feature list {spec!r} names a {kind}, not a file",
+                        "pass a file with one id per line (or a CSV/parquet with a 'feature' "
+                        "column), or comma-separated ids such as 3,17,40")
     else:
         try:
             ids = [int(x) for x in text.replace(" ", "").split(",") if x]
