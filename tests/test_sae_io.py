@@ -548,3 +548,25 @@ def test_release_path_hint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ArtifactError, match="saelens:gpt2-small-res-jb"):
         load_sae("gpt2-small-res-jb/blocks.8.hook_resid_pre")
+
+
+@pytest.mark.parametrize("arch, extra", [("matching_pursuit", {}),
+                                         ("temporal", {"tied_weights": True})])
+def test_tied_saes_need_no_encoder_matrix(tmp_path: Path, arch: str,
+                                          extra: dict[str, Any]) -> None:
+    """A tied SAE stores only its decoder: the file check must not demand a W_enc."""
+    from safetensors.torch import save_file
+
+    from steerscreen.saes.files import check_folder
+
+    folder = tmp_path / arch
+    folder.mkdir()
+    (folder / "cfg.json").write_text(json.dumps({"d_in": 8, "d_sae": 16, "architecture": arch,
+                                                 **extra}))
+    save_file({"W_dec": torch.zeros(16, 8), "b_dec": torch.zeros(8)},
+              str(folder / "sae_weights.safetensors"))
+    assert check_folder(folder)["architecture"] == arch
+    (folder / "cfg.json").write_text(json.dumps({"d_in": 8, "d_sae": 16,
+                                                 "architecture": "standard"}))
+    with pytest.raises(ArtifactError, match="lacks the tensor"):
+        check_folder(folder)

@@ -204,7 +204,9 @@ def check_weights(path: Path, cfg: Mapping[str, Any]) -> None:
         expected |= {"W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     arch = cfg.get("architecture", "standard")
     arch_tensors = {"standard": ["b_enc"], "topk": ["b_enc"], "jumprelu": ["b_enc", "threshold"]}
-    required = ["W_enc", "W_dec", "b_dec", *arch_tensors.get(arch, [])]
+    # Tied SAEs (matching pursuit; a temporal SAE with tied_weights) store no W_enc.
+    tied = arch == "matching_pursuit" or (arch == "temporal" and cfg.get("tied_weights"))
+    required = [*([] if tied else ["W_enc"]), "W_dec", "b_dec", *arch_tensors.get(arch, [])]
     absent = [k for k in required if k not in shapes]
     if absent:
         raise ArtifactError(
