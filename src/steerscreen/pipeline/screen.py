@@ -81,8 +81,9 @@ def _check_downstream(spec: str, hook: str | None, model_spec: str,
     from steerscreen.saes import validate_pairing
     from steerscreen.saes.io import check_sae_spec, read_sae_header
 
-    check_sae_spec(spec)
-    header = read_sae_header(spec)
+    header = read_sae_header(spec)  # a local folder: its files checked
+    if header is None:
+        check_sae_spec(spec)
     shape = model if model is not None else read_model_shape(model_spec)
     if header is not None and shape is not None:
         validate_pairing(header, shape, hook)

@@ -127,10 +127,10 @@ def check_stats(cfg: StatsConfig, out: str | Path | None, *, model: HookedModel 
     from their configs, and memory. Returns the hook when it could be resolved."""
     if out is not None:
         check_writable(out)
-    if sae is None:
+    header = sae if sae is not None else read_sae_header(cfg.sae)  # a local folder: checked
+    if header is None and sae is None:
         check_sae_spec(cfg.sae)  # an unknown scheme, a release typo: before the model loads
     shape = model if model is not None else read_model_shape(cfg.model)
-    header = sae if sae is not None else read_sae_header(cfg.sae)
     hp = None
     if shape is not None and header is not None:
         hp = validate_pairing(header, shape, cfg.hook)

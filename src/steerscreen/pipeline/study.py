@@ -126,7 +126,8 @@ def _check_stages(cfg: StudyConfig, offline_ok: bool) -> None:
     down = cfg.downstream
     assert down is not None
     try:
-        shape = read_model_shape(cfg.model)  # None when only a download would tell
+        # Read once for every check below; None when only a download would tell.
+        shape = read_model_shape(cfg.model)
     except OfflineError:
         if not offline_ok:
             raise
@@ -134,7 +135,7 @@ def _check_stages(cfg: StudyConfig, offline_ok: bool) -> None:
     trained = [e for e in [*cfg.saes, down] if e.trained]
     if trained:
         with _where(None, "train"):
-            check_train([cfg.train_config(e) for e in trained], None)
+            check_train([cfg.train_config(e) for e in trained], None, model=shape)
     d_model = shape.d_model if shape is not None else 0
     headers = {e.name: _header(e, d_model) for e in [*cfg.saes, down]}
     down_spec = down.spec or f"[downstream] {down.name}"
@@ -142,13 +143,13 @@ def _check_stages(cfg: StudyConfig, offline_ok: bool) -> None:
         head = headers[e.name]
         with _where(e, "stats"):
             hp = check_stats(cfg.stats_config(head.spec if head else e.spec or "", e.hook),
-                             None, sae=head)
+                             None, model=shape, sae=head)
         if head is None:
             continue
         with _where(e, "steer"):
             check_steer_inputs(cfg.steer_config(down_spec, down.hook), cfg.model, cfg.dtype,
                                hp.name if hp is not None else e.hook, head.d_sae,
-                               down=headers[down.name])
+                               model=shape, down=headers[down.name])
 
 
 def _header(e: SAEEntry, d_model: int) -> Any:
