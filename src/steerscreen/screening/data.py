@@ -9,7 +9,9 @@ cleanliness score,
 
 Predictor sets (docs/method.md §4) are named lists of columns (:func:`predictor_sets`): ``freq``,
 ``mag``, ``freq+mag``, ``direct``, ``pass``, ``baselines``, ``full``, each group alone (``geom``
-...) and ``full-GROUP`` for every group.
+...) and ``full-GROUP`` for every group. ``full`` holds the v1 groups only (the primary endpoint's
+set, fixed in advance); with ``lin_*`` columns there are also ``lin``, ``full+lin`` and
+``full+lin-GROUP`` (METHOD v2 §4).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from steerscreen.errors import ArtifactError
-from steerscreen.stats.registry import COLUMNS, GROUPS
+from steerscreen.stats.registry import COLUMNS, GROUPS, LINEAR_GROUP
 
 OUTCOMES = ("effect_stability", "collateral_spread", "cleanliness")
 SIDE_OUTCOMES = ("effect_kl", "target_gain", "collateral_out")
@@ -32,8 +34,12 @@ OUTCOME_COLUMNS = ("feature", "direction", "strength", "context_set", "effect_st
 
 
 def predictor_columns(stats: pl.DataFrame) -> list[str]:
-    """Registered predictor columns present in ``stats`` (registry order)."""
-    return [c.name for c in COLUMNS.values() if c.predictor and c.name in stats.columns]
+    """Registered predictor columns present in ``stats`` with at least one finite value
+    (registry order): a column that was not computed (``lin_*`` without a linearisation,
+    ``base_pass`` without S') carries nothing to fit."""
+    return [c.name for c in COLUMNS.values() if c.predictor and c.name in stats.columns
+            and bool(np.isfinite(stats[c.name].cast(pl.Float64).fill_null(np.nan)
+                                 .to_numpy()).any())]
 
 
 def predictor_sets(columns: list[str]) -> dict[str, list[str]]:
@@ -46,14 +52,22 @@ def predictor_sets(columns: list[str]) -> dict[str, list[str]]:
 
     groups = {g: [c for c in columns if COLUMNS[c].group == g] for g in GROUPS
               if g not in ("id", "base")}
+    lin = set(groups.get(LINEAR_GROUP, []))
+    full = [c for c in columns if c not in lin]  # v1 groups: the primary endpoint's set
     sets = {"freq": keep(["base_freq"]), "mag": keep(["base_mag"]),
             "freq+mag": keep(["base_freq", "base_mag"]), "direct": keep(["base_direct"]),
-            "pass": keep(["base_pass"]), "baselines": keep(BASELINES), "full": list(columns)}
+            "pass": keep(["base_pass"]), "baselines": keep(BASELINES), "full": full}
     for g, cols in groups.items():
         sets[g] = cols
     for g, cols in groups.items():
-        sets[f"full-{g}"] = [c for c in columns if c not in set(cols)]
-    sets["full-baselines"] = [c for c in columns if c not in set(BASELINES)]
+        if g != LINEAR_GROUP:
+            sets[f"full-{g}"] = [c for c in full if c not in set(cols)]
+    sets["full-baselines"] = [c for c in full if c not in set(BASELINES)]
+    if lin:  # full+lin, and full+lin minus each group (METHOD v2 §4)
+        sets["full+lin"] = list(columns)
+        for g, cols in groups.items():
+            sets[f"full+lin-{g}"] = [c for c in columns if c not in set(cols)]
+        sets["full+lin-baselines"] = [c for c in columns if c not in set(BASELINES)]
     return {k: v for k, v in sets.items() if v}
 
 

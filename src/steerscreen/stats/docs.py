@@ -24,6 +24,7 @@ _GROUP_TITLES = {
     "act": "Activation statistics (`act_*`)",
     "coact": "Co-activation (`coact_*`)",
     "logit": "Direct-logit footprint (`logit_*`)",
+    "lin": "Linear response (`lin_*`)",
 }
 
 _EXAMPLES = [

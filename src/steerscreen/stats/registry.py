@@ -19,6 +19,11 @@ Notation used in the formulas:
   min(R, n_f)``. Shape and co-activation statistics are NaN when ``n_res < R``.
 - ``ln`` is the natural log; entropies are in nats. Miller–Madow: ``H_MM = -sum_i p_i ln p_i +
   (K - 1) / (2 n)``, ``K`` = distinct values seen, ``n`` = sample size.
+- Linear response (``lin_*``): ``u_ct = d logits_ct / d alpha`` at ``alpha = 0`` for ``x' = x +
+  alpha v_f`` at every position ``t >= 1`` of the ``linearisation`` contexts (clean forwards and
+  their forward-mode derivatives only); ``p`` the clean next-token distribution; ``A_ct v_f =
+  sqrt(p) * (u_ct - E_p u_ct)`` and ``d_c = mean_t A_ct v_f`` (the §3 effect vector at first
+  order).
 - Moments are population moments (``ddof = 0``); skew and excess kurtosis are the biased
   Fisher–Pearson estimators (``scipy.stats.skew`` / ``kurtosis`` with ``bias=True``).
 """
@@ -28,8 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Group = Literal["id", "base", "geom", "act", "coact", "logit"]
-GROUPS: tuple[Group, ...] = ("id", "base", "geom", "act", "coact", "logit")
+Group = Literal["id", "base", "geom", "act", "coact", "logit", "lin"]
+GROUPS: tuple[Group, ...] = ("id", "base", "geom", "act", "coact", "logit", "lin")
+LINEAR_GROUP: Group = "lin"
+"""The linear-response group (METHOD v2): not part of ``full`` (the pre-registered primary
+endpoint's set); screened as ``lin`` alone and ``full+lin``."""
 
 
 @dataclass(frozen=True)
@@ -178,3 +186,24 @@ _c("logit_kurtosis", "logit", "excess kurtosis of the entries of DL_f over the v
 _c("logit_trigger_overlap", "logit",
    "|top10_v(DL_f) ∩ top10 most frequent reservoir token ids| / 10 (ties: lower id)", "share",
    "Whether the feature promotes the tokens that trigger it (NaN when dead).")
+
+# --- linear response (METHOD v2 §1; steerscreen.stats.linear) -----------------------------------
+_c("lin_stability", "lin",
+   "(||sum_c d_c||^2 - sum_c ||d_c||^2) / ((C - 1) sum_c ||d_c||^2), d_c = mean_t A_ct v_f",
+   "share", "effect_stability in the alpha -> 0 limit: the share of first-order effect energy "
+   "shared across the linearisation contexts.")
+_c("lin_kl", "lin", "ln(1/2 mean_ct Var_p(u_ct)) = ln(1/2 mean_ct ||A_ct v_f||^2)",
+   "ln nats per unit alpha^2",
+   "Fisher quadratic form: the predicted effect_kl at dose alpha is alpha^2 exp(lin_kl).")
+_c("lin_collateral_out", "lin",
+   "share of ||m||^2 outside its 20 largest-magnitude entries, m = mean_c d_c", "share",
+   "collateral_out in the alpha -> 0 limit (output spread in the Fisher metric).")
+_c("lin_target_gain", "lin",
+   "mean_ct mean_{v in top10(DL_f)} (u_ct[v] - E_p u_ct)", "logit units per unit alpha",
+   "target_gain per unit alpha in the alpha -> 0 limit: how fast steering raises the "
+   "feature's own direct-logit tokens.")
+_c("lin_pass", "lin",
+   "base_pass with alpha v_f replaced by alpha K_n v_f, K_n = d x'_n / d alpha (the clean "
+   "Jacobian from h to h' at position n)", "ln count of downstream features",
+   "Passthrough breadth of the transported direction. It needs S' and the dose, so the steer "
+   "stage computes it into feature_dose_stats.parquet; it is NaN in feature_stats.parquet.")

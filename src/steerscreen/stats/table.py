@@ -22,7 +22,7 @@ from steerscreen.stats.baselines import baseline_columns
 from steerscreen.stats.coactivation import coactivation_columns
 from steerscreen.stats.geometry import N_COMPONENTS, NEIGHBOUR_THRESHOLD, geometry_columns
 from steerscreen.stats.logits import TOP_TOKENS, LogitColumns, logit_columns
-from steerscreen.stats.registry import COLUMNS
+from steerscreen.stats.registry import COLUMNS, LINEAR_GROUP, columns_in_group
 
 _PL = {"int64": pl.Int64, "float64": pl.Float64, "bool": pl.Boolean}
 
@@ -93,6 +93,8 @@ def feature_tables(acc: StatsAccumulator, W_enc_DF: torch.Tensor, W_dec_FD: torc
         tokens = logit_token_table(lc)
     else:
         cols |= {name: np.full(f, np.nan) for name in logit_names}
+    for c in columns_in_group(LINEAR_GROUP):  # computed by stats.linear (the stats stage)
+        cols.setdefault(c.name, np.full(f, np.nan))
     return FeatureTables(to_frame(cols), tokens)
 
 
