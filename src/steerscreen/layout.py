@@ -65,11 +65,18 @@ STEER_SHARDS = "steering_shards"
 """Finished outcome shards of a steer stage (only while the stage runs)."""
 CHECKPOINT = ".stats_checkpoint"
 """The local stats pass's checkpoint (only while the stage runs)."""
+LINEAR_CONTEXTS = "linear_contexts.parquet"
+"""The stats stage's linearisation contexts (``contexts.parquet``'s schema)."""
+LINEAR_FORMS = "linear_forms.safetensors"
+"""The linear response's d x d forms (``steerscreen.stats.linear``)."""
+LINEAR_CHECKPOINT = ".linear_checkpoint"
+"""The linear response's running sums (only while the stats stage runs)."""
 
 RUN_OUTPUTS = frozenset({MANIFEST, FEATURE_STATS, FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS,
                          FEATURE_DOSE_STATS, CONTEXTS, STEERING_OUTCOMES, STEERING_GRAM, SCREENING,
                          SCREEN_TABLE, SCREEN_CSV, REPORT, REPORT_SUMMARY, FIGURES, STATS_SHARDS,
-                         STEER_SHARDS, CHECKPOINT})
+                         STEER_SHARDS, CHECKPOINT, LINEAR_CONTEXTS, LINEAR_FORMS,
+                         LINEAR_CHECKPOINT})
 """Every name steerscreen writes at the top of a run folder: only their temp files are its own."""
 TRAINING_SUMMARY = "training_summary.json"
 """Beside a trained SAE's files: its config, held-out evaluation and cache key."""
@@ -84,7 +91,8 @@ COMPARISON_RECORD = "comparison.json"
 """Beside the comparison tables: their sha256, so a later compare replaces only its own."""
 
 
-WRITTEN_BY = {**dict.fromkeys((FEATURE_STATS, FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS),
+WRITTEN_BY = {**dict.fromkeys((FEATURE_STATS, FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS,
+                               LINEAR_CONTEXTS, LINEAR_FORMS),
                              "`steerscreen stats`"),
               **dict.fromkeys((FEATURE_DOSE_STATS, CONTEXTS, STEERING_OUTCOMES, STEERING_GRAM),
                               "`steerscreen steer`")}

@@ -431,3 +431,75 @@ def test_cli_runs_and_summarises(cli_model, tmp_path: Path) -> None:
     assert pl.read_parquet(out / RunDir.FEATURE_STATS).height == F
     again = runner.invoke(app, _cli_args(cli_model, out, cli_model["cfg"].sae))
     assert again.exit_code == 0 and "skipped" in again.output
+
+
+# --- the linear response ------------------------------------------------------------------------
+
+def test_linear_columns_come_from_the_first_stats_contexts(setup) -> None:
+    from steerscreen.layout import LINEAR_CONTEXTS, LINEAR_FORMS
+    from steerscreen.pipeline.linear import read_forms
+    from steerscreen.stats.linear import linear_columns, linearise
+
+    out, cfg = setup["out"], setup["cfg"]
+    df = pl.read_parquet(out / RunDir.FEATURE_STATS)
+    ctx = pl.read_parquet(out / LINEAR_CONTEXTS)
+    ids = np.array(ctx["token_ids"].to_list())
+    want_n = min(cfg.linear_contexts, len(stats_split_contexts(setup)))
+    assert ids.shape == (want_n, CONTEXT_LEN) and set(ctx["set"]) == {"linearisation"}
+    np.testing.assert_array_equal(ids, stats_split_contexts(setup)[:want_n])
+    forms = linearise(setup["model"], setup["loaded"].hook_name, ids)
+    tokens = pl.read_parquet(out / FEATURE_LOGIT_TOKENS).sort(["feature", "rank"])
+    top = torch.tensor(tokens["token_id"].to_numpy().reshape(F, -1))
+    want = linear_columns(forms, setup["loaded"].sae.W_dec.detach(), top)
+    for name, values in want.items():
+        np.testing.assert_allclose(df[name].to_numpy(), values, rtol=1e-6, err_msg=name)
+        assert np.isfinite(values).all()
+    saved = read_forms(out / LINEAR_FORMS)
+    np.testing.assert_allclose(saved.kl_rate(setup["loaded"].sae.W_dec.detach()),
+                               np.exp(want["lin_kl"]), rtol=1e-6)
+    rec = RunDir(out).stage("stats")
+    assert rec["results"]["linear"]["contexts"] == want_n
+    assert {LINEAR_CONTEXTS, LINEAR_FORMS} <= set(rec["outputs"])
+
+
+def test_linear_response_resumes_from_its_checkpoint(setup, tmp_path: Path) -> None:
+    from steerscreen.pipeline import linear
+
+    cfg = StatsConfig(**{**setup["cfg"].__dict__, "checkpoint_s": 0.0})
+    calls = {"n": 0}
+    real = linear.linearise
+
+    def dying(*args, on_context=None, **kw):
+        def hook(forms):
+            on_context(forms)
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+        return real(*args, on_context=hook, **kw)
+
+    linear._CACHE.clear()
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(linear, "linearise", dying)
+        with pytest.raises(KeyboardInterrupt):
+            run_stats(cfg, out, model=setup["model"], sae=setup["loaded"], progress=False)
+    assert (out / ".linear_checkpoint" / "forms.json").is_file()
+    seen = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(linear, "linearise", lambda *a, forms=None, **k: (
+            seen.append(forms.n_contexts), real(*a, forms=forms, **k))[1])
+        run_stats(cfg, out, model=setup["model"], sae=setup["loaded"], progress=False)
+    assert seen == [2]
+    assert not (out / ".linear_checkpoint").exists()
+    a = pl.read_parquet(out / RunDir.FEATURE_STATS)
+    b = pl.read_parquet(setup["out"] / RunDir.FEATURE_STATS)
+    for name in ("lin_stability", "lin_kl", "lin_collateral_out", "lin_target_gain"):
+        np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy())
+
+
+def test_no_linear_contexts_leaves_the_lin_columns_nan(setup, tmp_path: Path) -> None:
+    cfg = StatsConfig(**{**setup["cfg"].__dict__, "linear_contexts": 0})
+    run_stats(cfg, tmp_path / "run", model=setup["model"], sae=setup["loaded"], progress=False)
+    df = pl.read_parquet(tmp_path / "run" / RunDir.FEATURE_STATS)
+    assert np.isnan(df["lin_kl"].to_numpy()).all()
+    assert not (tmp_path / "run" / "linear_forms.safetensors").exists()

@@ -269,6 +269,13 @@ class StatsSettings(ClusterOptions):
     shard_contexts: int = 256
     """Contexts per shard: the unit of work of --backend ray (one task each) and where the
     float64 sums fold (either backend), so both give the same bits for the same value."""
+    linear_contexts: int = 16
+    """Linearisation contexts of the lin_* columns (stats split; 0: no lin_* columns). Their
+    cost is that of pushing d_model directions through the layers above the hook, whatever the
+    SAE's width, and a study's SAEs at one hook share it."""
+    linear_len: int | None = None
+    """Tokens per linearisation context, BOS included (None: context_len). They are the stats
+    pass's first linear_contexts contexts, cut to this length."""
 
 
 @dataclass
@@ -305,6 +312,13 @@ class StatsConfig(Record, StatsSettings):
         positive(self, "tokens", "batch_size", "reservoir_size", "max_partners", "n_examples",
                  "example_window", "n_components", "shard_contexts")
         check_context_len(self.context_len)
+        if self.linear_contexts < 0 or self.linear_contexts == 1:
+            raise SpecError(f"linear_contexts must be 0 or at least 2, got "
+                            f"{self.linear_contexts}", "pass --linear-contexts 0 (no lin_* "
+                            "columns) or 2 or more (lin_stability compares contexts)")
+        if self.linear_len is not None and self.linear_len < 2:
+            raise SpecError(f"linear_len must be at least 2, got {self.linear_len}",
+                            "pass --linear-len 2 or more (BOS plus one token)")
         if self.final_norm_contexts < 1:
             raise SpecError("final_norm_contexts must be >= 1 (sigma_fin needs some positions)",
                             "pass --final-norm-contexts 32")

@@ -83,7 +83,8 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
         "width": 1024,
         # ~900 optimiser steps: fewer (batch 1024) left ReLU/JumpReLU far from sparse.
         "train": {"tokens": 30_000, "epochs": 4, "batch_size": 128, "heldout_tokens": 5_000},
-        "stats": {"tokens": 15_000, "final_norm_contexts": 16},
+        "stats": {"tokens": 15_000, "final_norm_contexts": 16, "linear_contexts": 8,
+                  "linear_len": 32},
         "steer": {"features": 48, "random_directions": 16, "contexts": 8, "fresh_contexts": 8,
                   "context_len": 32, "calibration_contexts": 8, "calibration_directions": 16,
                   "pass_positions": 128},
@@ -92,7 +93,7 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
     "default": {
         "width": 2048,
         "train": {"tokens": 100_000, "epochs": 4, "batch_size": 512, "heldout_tokens": 10_000},
-        "stats": {"tokens": 50_000},
+        "stats": {"tokens": 50_000, "linear_len": 32},
         "steer": {"features": 192, "random_directions": 32, "contexts": 16,
                   "fresh_contexts": 16, "context_len": 32},
         "fit": {},

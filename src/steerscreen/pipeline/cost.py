@@ -201,6 +201,16 @@ def _targets(dims: ModelDims, g: int, directions: int, contexts: int, t: int) ->
                 bytes=directions * contexts * (t - 1) * g * 4 * PASS_PASSES)
 
 
+def linear_work(dims: ModelDims, above: int, contexts: int, t: int) -> Work:
+    """The linear response (``steerscreen.stats.linear``): d tangents per context through the
+    layers above the hook (forward-mode: about one forward's FLOPs each, the primal once), then
+    per position two d x D x V products and a few passes over [d, V]."""
+    d, pos = dims.d_model, contexts * (t - 1)
+    return Work(tokens=contexts * t * (d + 1), partial=contexts * (d + 1),
+                matmul=above * dims.layer_flops(contexts * t * (d + 1), t),
+                fp32=4.0 * pos * d * d * dims.vocab, bytes=pos * d * dims.vocab * 4 * 8)
+
+
 def table_work(dims: ModelDims, f: int) -> Work:
     """All-pairs decoder cosines and the direct-logit columns of every feature (float32)."""
     return Work(fp32=2.0 * f * f * dims.d_model + 2.0 * f * dims.d_model * dims.vocab,
@@ -455,6 +465,11 @@ def _stats_cost(su: _Setup, e: SAEEntry, f: int) -> StageCost:
                      bytes=st["tokens"] * f * 4 * ACC_PASSES)
     ser = (forward_work(dims, dims.n_layers, st["final_norm_contexts"], t_st)
            + table_work(dims, f))
+    first_at_hook = next(x for x in su.cfg.saes if x.hook == e.hook) is e
+    n_lin = min(st["linear_contexts"], math.ceil(n_ctx))
+    if n_lin >= 2 and first_at_hook:  # the SAEs at one hook share the forms (one process)
+        ser = ser + linear_work(dims, _layers(dims, e.hook or "")[1], n_lin,
+                                min(st["linear_len"] or t_st, t_st))
     mem = (su.wbytes + su.unembed32 + su.sae_bytes(f) + acc
            + 4.0 * st["batch_size"] * t_st * (2 * f + 4 * dims.d_model)
            + 2 * 4.0 * 512 * dims.vocab)
@@ -495,8 +510,8 @@ def _features_per_hour(su: _Setup, e: SAEEntry) -> float:
 
 
 __all__ = ["DEVICES", "EFFICIENCY", "H200_RUN", "Benchmark", "CostPlan", "Device", "Efficiency",
-           "StageCost", "StageTime", "Work", "calibrate", "forward_work", "plan_cost", "seconds",
-           "table_work", "time_stage"]
+           "StageCost", "StageTime", "Work", "calibrate", "forward_work", "linear_work",
+           "plan_cost", "seconds", "table_work", "time_stage"]
 
 
 def print_cost(cost: CostPlan) -> None:

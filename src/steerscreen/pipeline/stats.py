@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from steerscreen.config import StatsConfig
 from steerscreen.corpus import (
@@ -54,12 +55,18 @@ from steerscreen.corpus import (
 from steerscreen.corpus import describe as describe_corpus
 from steerscreen.errors import CorpusError
 from steerscreen.files import sha256_json
-from steerscreen.layout import CHECKPOINT, FEATURE_LOGIT_TOKENS, STATS_SHARDS
+from steerscreen.layout import (
+    CHECKPOINT,
+    FEATURE_LOGIT_TOKENS,
+    LINEAR_CONTEXTS,
+    LINEAR_FORMS,
+    STATS_SHARDS,
+)
 from steerscreen.memory import check_fits
 from steerscreen.models import HookedModel, HookPoint, ModelSpec, load_model, model_sha256
 from steerscreen.models import describe as describe_model
 from steerscreen.models.shape import read_model_shape
-from steerscreen.pipeline import checkpoint, stats_ray
+from steerscreen.pipeline import checkpoint, linear, stats_ray
 from steerscreen.pipeline.checks import (
     check_corpus_fits,
     check_first_batch,
@@ -89,7 +96,8 @@ from steerscreen.stats.table import (
 )
 
 STAGE = "stats"
-OUTPUTS = (RunDir.FEATURE_STATS, RunDir.FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS)
+OUTPUTS = (RunDir.FEATURE_STATS, RunDir.FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS, LINEAR_CONTEXTS,
+           LINEAR_FORMS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -315,8 +323,17 @@ def _finish(st: StageRun, cfg: StatsConfig, inp: _Inputs, contexts: Contexts,
     examples = st.timed("examples", lambda: example_rows(acc, contexts, inp.model,
                                                           cfg.decode_examples))
     tokens = st.timed("logit_tokens", lambda: logit_token_rows(tables.logit_tokens, inp.model))
+    stats_table, lin_outputs, lin_record = tables.stats, {}, None
+    if cfg.linear_contexts > 0:
+        with st.span("linear"):
+            cols, lin_outputs, lin_record = linear.linear_step(
+                st.run, cfg, inp.model, inp.hook, contexts, inp.hashes["model_sha256"],
+                inp.sae.sae.W_dec, _top_ids(tables.logit_tokens, inp.sae.d_sae), st.say)
+        stats_table = stats_table.with_columns(
+            [pl.Series(name, values, dtype=pl.Float64) for name, values in cols.items()])
     with st.span("write"):
-        outputs = {RunDir.FEATURE_STATS: st.run.write_table(RunDir.FEATURE_STATS, tables.stats),
+        outputs = {**lin_outputs,
+                   RunDir.FEATURE_STATS: st.run.write_table(RunDir.FEATURE_STATS, stats_table),
                    RunDir.FEATURE_EXAMPLES: st.run.write_table(RunDir.FEATURE_EXAMPLES,
                                                                examples),
                    FEATURE_LOGIT_TOKENS: st.run.write_table(FEATURE_LOGIT_TOKENS, tokens)}
@@ -324,11 +341,21 @@ def _finish(st: StageRun, cfg: StatsConfig, inp: _Inputs, contexts: Contexts,
     if st.run.read_manifest().get("dose_mode") in (None, "stats-fixed"):  # steer owns these
         extra |= {"dose_mode": "stats-fixed", "strengths": [cfg.strength], "alpha": alpha}
     results = _results(st, cfg, inp, contexts, acc, int(tables.stats["dead"].sum()))
+    results["linear"] = lin_record
     record = st.run.complete_stage(STAGE, outputs=outputs, timings=st.total(),
                                    results=results, extra=extra)["stages"][STAGE]
     checkpoint.discard(st.run.file(CHECKPOINT))
     stats_ray.discard(st.run.file(STATS_SHARDS))
+    linear.discard(st.run)
     return _result_from_record(st.run, record, skipped=False)
+
+
+def _top_ids(logit_tokens: pl.DataFrame | None, n_features: int) -> np.ndarray | None:
+    """Each feature's top direct-logit token ids [F, K] (lin_target_gain's tokens)."""
+    if logit_tokens is None or logit_tokens.height == 0:
+        return None
+    t = logit_tokens.sort(["feature", "rank"])
+    return t["token_id"].to_numpy().reshape(n_features, -1)
 
 
 def _results(st: StageRun, cfg: StatsConfig, inp: _Inputs, contexts: Contexts,
