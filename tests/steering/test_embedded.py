@@ -44,7 +44,8 @@ def test_steer_on_smollm2(tmp_path) -> None:
     down = load_sae(str(random_topk(tmp_path / "down", DOWN, 2)))
     run = tmp_path / "run"
     run_stats(StatsConfig(sae=str(up.path), tokens=1500, final_norm_contexts=4,
-                          reservoir_size=20), run, model=model, sae=up, progress=False)
+                          reservoir_size=20, linear_contexts=0), run, model=model, sae=up,
+              progress=False)
     cfg = SteerConfig(downstream_sae=str(down.path), features=3, random_directions=1,
                       contexts=4, fresh_contexts=0, context_len=16, strengths=[0.0, 0.25],
                       pass_positions=64)
@@ -64,3 +65,34 @@ def test_steer_on_smollm2(tmp_path) -> None:
     for col in OUTCOME_COLUMNS:
         a, b = row[col], ref[col]
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=2e-3, abs=1e-5), col
+
+
+def test_linear_response_matches_steering_at_a_tiny_dose(tmp_path) -> None:
+    """METHOD v2 §1's check: steering at s = 1e-3 on the linearisation contexts reproduces
+    lin_stability, lin_kl (times alpha^2), lin_target_gain and lin_collateral_out within 2%."""
+    from steerscreen.layout import LINEAR_CONTEXTS
+    from steerscreen.steering.engine import SteeringEngine
+
+    model = load_model("embedded:smollm2-135m")
+    up = load_sae(str(random_topk(tmp_path / "up", HOOK, 1)))
+    run = tmp_path / "run"
+    res = run_stats(StatsConfig(sae=str(up.path), tokens=1500, final_norm_contexts=4,
+                                reservoir_size=20, linear_contexts=4, linear_len=16), run,
+                    model=model, sae=up, progress=False)
+    stats = pl.read_parquet(run / RunDir.FEATURE_STATS)
+    ids = np.array(pl.read_parquet(run / LINEAR_CONTEXTS)["token_ids"].to_list())
+    feats = np.arange(8) * 31
+    W = up.sae.W_dec.detach().float()[feats]
+    alpha = 1e-3 * res.residual_norm
+    engine = SteeringEngine(model, HOOK, batch_rows=4)
+    cache = engine.clean(ids)
+    got = dict(engine.run(cache, W / W.norm(dim=1, keepdim=True), alpha))
+    for k, f in enumerate(feats):
+        lin = stats.row(int(f), named=True)
+        o = got[k].values
+        assert o["effect_stability"] == pytest.approx(lin["lin_stability"], rel=0.02, abs=2e-3)
+        assert o["effect_kl"] / alpha**2 == pytest.approx(math.exp(lin["lin_kl"]), rel=0.02)
+        assert o["target_gain"] / alpha == pytest.approx(lin["lin_target_gain"], rel=0.02,
+                                                         abs=1e-3)
+        assert o["collateral_out"] == pytest.approx(lin["lin_collateral_out"], rel=0.02,
+                                                    abs=2e-3)

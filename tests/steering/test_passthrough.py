@@ -57,3 +57,38 @@ def test_zero_dose_has_no_passthrough() -> None:
     loaded = make_loaded("standard")
     got = pt.passthrough_pr(loaded, torch.randn(10, D), torch.eye(D)[:3], 0.0)
     assert np.isnan(got).all()
+
+
+@pytest.mark.parametrize(("arch", "norm", "centre"), CASES[:3] + CASES[4:])
+def test_lin_pass_matches_a_per_direction_jvp(arch, norm, centre) -> None:
+    """lin_pass: each direction transported to h' by its own jvp of the model, then the
+    base_pass loop on the transported vectors."""
+    from torch.func import jvp
+
+    from steerscreen.stats.linear import downstream_tangents, eager_attention
+    from tests.tiny_models import tiny_ids, tiny_model
+
+    model = tiny_model("gemma3")
+    hook, down_hook = "blocks.0.hook_resid_post", "blocks.2.hook_resid_post"
+    ids = tiny_ids(2, 9, seed=4)
+    x, K = downstream_tangents(model, hook, down_hook, ids, tangent_batch=5)
+    n = 12  # positions: the first 12 of 2 x 8
+    x, K = x.reshape(-1, D)[:n], K.reshape(-1, D, D)[:n]
+    loaded = make_loaded(arch, norm, centre)
+    g = torch.Generator().manual_seed(3)
+    dirs = torch.randn(4, D, generator=g)
+    got = pt.transported_pr(loaded, x, K, dirs * 3.0, 2.0, budget_elems=2 * n * 48)
+    h = model.forward(ids, read=[hook], logits=False).acts[hook]
+    for i in range(4):
+        v = dirs[i] / dirs[i].norm()
+        tang = torch.zeros_like(h)
+        tang[:, 1:] = v
+        with eager_attention(model):
+            _, w = jvp(lambda x_: model.forward(ids, read=[down_hook], logits=False,
+                                                start_at=(hook, x_)).acts[down_hook], (h,), (tang,))
+        w = w[:, 1:].reshape(-1, D)[:n]
+        a0 = encode(loaded, x).double()
+        a1 = encode(loaded, x + 2.0 * w).double()
+        P = (a1 - a0).abs().mean(0) * loaded.sae.W_dec.detach().double().norm(dim=1)
+        want = math.log(P.sum() ** 2 / (P**2).sum()) if (P**2).sum() > 0 else math.nan
+        assert got[i] == pytest.approx(want, rel=1e-4, nan_ok=True), (arch, i)

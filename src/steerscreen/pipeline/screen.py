@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from steerscreen.config import StatsConfig
@@ -21,7 +22,7 @@ from steerscreen.layout import SCREEN_CSV, SCREEN_TABLE
 from steerscreen.models import HookedModel
 from steerscreen.pipeline.runs import RunDir
 from steerscreen.pipeline.stats import run_stats
-from steerscreen.pipeline.steer import base_pass
+from steerscreen.pipeline.steer import base_pass, lin_pass
 from steerscreen.saes.io import LoadedSAE
 from steerscreen.screening.predictor import Predictor
 
@@ -47,9 +48,11 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
     s = float(predictor.dose["strength"])
     if stats_cfg.strength != s:
         stats_cfg = replace(stats_cfg, strength=s)
-    needs_pass = "base_pass" in predictor.columns
+    uses = [c for c in ("base_pass", "lin_pass") if c in predictor.columns]
+    needs_pass = bool(uses)
     if needs_pass and downstream_sae is None and down is None:
-        raise SpecError("the predictor uses base_pass, which needs the downstream SAE",
+        raise SpecError(f"the predictor uses {' and '.join(uses)}, which needs the downstream "
+                        "SAE",
                         "pass --downstream-sae (and --downstream-hook) as used in training: "
                         f"{predictor.trained_on.get('downstream_hook')}")
     if needs_pass and down is None:  # a missing or mismatched S' fails now, not after the pass
@@ -59,9 +62,9 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
     run = RunDir(out)
     stats = run.read_table(RunDir.FEATURE_STATS)
     if needs_pass:
-        bp = _base_pass(stats_cfg, downstream_sae, downstream_hook, s * res.residual_norm,
-                        pass_positions, model, sae, down)
-        stats = stats.with_columns(pl.Series("base_pass", bp))
+        cols = _pass_columns(stats_cfg, downstream_sae, downstream_hook, s * res.residual_norm,
+                             pass_positions, model, sae, down, uses)
+        stats = stats.with_columns([pl.Series(k, v) for k, v in cols.items()])
     ranked = predictor.predict(stats)
     flat = [o for o, m in predictor.models.items() if m.alpha is None]
     if flat and log is not None:
@@ -89,9 +92,10 @@ def _check_downstream(spec: str, hook: str | None, model_spec: str,
         validate_pairing(header, shape, hook)
 
 
-def _base_pass(cfg: StatsConfig, down_spec: str | None, down_hook: str | None, alpha: float,
-               positions: int, model: HookedModel | None, sae: LoadedSAE | None,
-               down: LoadedSAE | None):  # -> np.ndarray
+def _pass_columns(cfg: StatsConfig, down_spec: str | None, down_hook: str | None, alpha: float,
+                  positions: int, model: HookedModel | None, sae: LoadedSAE | None,
+                  down: LoadedSAE | None, names: list[str]) -> dict[str, np.ndarray]:
+    """``base_pass`` and/or ``lin_pass`` (``names``), as the steer stage computes them."""
     from steerscreen.corpus import load_corpus
     from steerscreen.models import load_model
     from steerscreen.saes import load_sae, validate_pairing
@@ -101,7 +105,14 @@ def _base_pass(cfg: StatsConfig, down_spec: str | None, down_hook: str | None, a
     sae = sae or load_sae(cfg.sae, device=cfg.device)
     down = down or load_sae(str(down_spec), device=cfg.device)
     dhp = validate_pairing(down, model, down_hook)
-    return base_pass(model, sae, down, dhp, cfg, load_corpus(cfg.corpus), positions, alpha)
+    corpus = load_corpus(cfg.corpus)
+    out = {}
+    if "base_pass" in names:
+        out["base_pass"] = base_pass(model, sae, down, dhp, cfg, corpus, positions, alpha)
+    if "lin_pass" in names:
+        hp = validate_pairing(sae, model, cfg.hook)
+        out["lin_pass"] = lin_pass(model, sae, hp, down, dhp, cfg, corpus, positions, alpha)
+    return out
 
 
 def print_screen(res: ScreenResult, top: int) -> None:

@@ -58,10 +58,11 @@ from steerscreen.pipeline.stats import describe_sae, stats_contexts
 from steerscreen.saes.io import LoadedSAE, load_sae, read_sae_header
 from steerscreen.saes.pairing import SAELike, validate_pairing
 from steerscreen.stats.geometry import unit_rows
+from steerscreen.stats.linear import downstream_tangents
 from steerscreen.stats.logits import logit_columns
 from steerscreen.steering.dose import Calibration, calibrate
 from steerscreen.steering.engine import SteeringEngine, cache_bytes, row_bytes
-from steerscreen.steering.passthrough import passthrough_pr, split_encoder
+from steerscreen.steering.passthrough import passthrough_pr, split_encoder, transported_pr
 from steerscreen.steering.sampling import (
     context_sets,
     parse_feature_ids,
@@ -410,6 +411,19 @@ def base_pass(model: HookedModel, sae: LoadedSAE, down: LoadedSAE, down_hook: Ho
     return passthrough_pr(down, x, unit_rows(sae.sae.W_dec.detach().float()), alpha)
 
 
+def lin_pass(model: HookedModel, sae: LoadedSAE, hook: HookPoint, down: LoadedSAE,
+             down_hook: HookPoint, stats_cfg: StatsConfig, corpus: Corpus, positions: int,
+             alpha: float) -> np.ndarray:
+    """``lin_pass`` of every feature of ``sae`` (docs/method.md §1): ``base_pass`` on the same
+    clean positions with ``v_f`` transported from h to h' by the clean Jacobian."""
+    scfg = StatsConfig(**{**asdict(stats_cfg), "tokens": positions})
+    ctx, _ = stats_contexts(scfg, corpus, model)
+    x, K = downstream_tangents(model, hook, down_hook, ctx.token_ids)
+    x = x.reshape(-1, x.shape[-1])[:positions]
+    K = K.reshape(-1, *K.shape[2:])[:positions]
+    return transported_pr(down, x, K, sae.sae.W_dec.detach().float(), alpha)
+
+
 def _dose_stats(cfg: SteerConfig, run: RunDir, inp: _Inputs, work: _Work) -> dict[str, Any]:
     """``feature_dose_stats.parquet``: base_pass and the dose-dependent logit columns for every
     feature of S at the analysed strength (skipped when a resumed run already wrote them)."""
@@ -426,12 +440,14 @@ def _dose_stats(cfg: SteerConfig, run: RunDir, inp: _Inputs, work: _Work) -> dic
             pass
     bp = base_pass(inp.model, inp.sae, inp.down, inp.down_hook,
                    StatsConfig(**inp.stats_config), inp.corpus, cfg.pass_positions, alpha)
+    lp = lin_pass(inp.model, inp.sae, inp.hook, inp.down, inp.down_hook,
+                  StatsConfig(**inp.stats_config), inp.corpus, cfg.pass_positions, alpha)
     sigma_fin = float(run.read_manifest()["sigma_fin"])
     lc = logit_columns(inp.sae.sae.W_dec.detach().float(), inp.model.unembed(), alpha=alpha,
                        sigma_fin=sigma_fin)
     f = inp.sae.d_sae
     run.write_table(DOSE_STATS, pl.DataFrame({
-        "feature": np.arange(f, dtype=np.int64), "base_pass": bp,
+        "feature": np.arange(f, dtype=np.int64), "base_pass": bp, "lin_pass": lp,
         "logit_entropy": lc["logit_entropy"], "logit_top10_mass": lc["logit_top10_mass"],
         "strength": np.full(f, strength), "alpha": np.full(f, alpha)}))
     return {"alpha": alpha, "strength": strength, "positions": cfg.pass_positions,
@@ -491,4 +507,4 @@ def _result(run: RunDir, record: dict[str, Any], *, skipped: bool) -> SteerResul
 
 
 __all__ = ["SteerConfig", "SteerResult", "base_pass", "check_steer", "check_steer_inputs",
-           "contexts_frame", "run_steer"]
+           "contexts_frame", "lin_pass", "run_steer"]

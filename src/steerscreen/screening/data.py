@@ -27,7 +27,7 @@ from steerscreen.stats.registry import COLUMNS, GROUPS, LINEAR_GROUP
 OUTCOMES = ("effect_stability", "collateral_spread", "cleanliness")
 SIDE_OUTCOMES = ("effect_kl", "target_gain", "collateral_out")
 BASELINES = ("base_freq", "base_mag", "base_direct", "base_pass")
-DOSE_COLUMNS = ("base_pass", "logit_entropy", "logit_top10_mass")
+DOSE_COLUMNS = ("base_pass", "lin_pass", "logit_entropy", "logit_top10_mass")
 OUTCOME_COLUMNS = ("feature", "direction", "strength", "context_set", "effect_stability",
                    "collateral_spread", *SIDE_OUTCOMES)
 """The steering_outcomes columns the screening reads."""
@@ -112,7 +112,7 @@ def with_dose_stats(stats: pl.DataFrame, dose: pl.DataFrame | None) -> pl.DataFr
     swapped in when there are any."""
     if dose is None:
         return stats
-    dose = dose.select(["feature", *DOSE_COLUMNS])
+    dose = dose.select(["feature", *[c for c in DOSE_COLUMNS if c in dose.columns]])
     return stats.drop([c for c in DOSE_COLUMNS if c in stats.columns]).join(
         dose, on="feature", how="left")
 

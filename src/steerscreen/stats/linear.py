@@ -148,24 +148,58 @@ def _final_fn(model: HookedModel, hook: HookPoint, ids_1T: torch.Tensor,
     return f
 
 
+def basis_jvp(f: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], x_1TD: torch.Tensor,
+              tangent_batch: int = 64) -> tuple[torch.Tensor, ...]:
+    """Tangents of every output of ``f`` (each [1, T, ...]) at positions ``t >= 1`` for every
+    basis direction ``e_i`` added to ``x_1TD`` at every position ``t >= 1`` -> [d, T - 1, ...]
+    (float32) per output. The primal runs once per batch of ``tangent_batch`` directions."""
+    t, d = x_1TD.shape[1], x_1TD.shape[2]
+    mask = torch.ones(1, t, 1, device=x_1TD.device, dtype=x_1TD.dtype)
+    mask[:, 0] = 0
+    eye = torch.eye(d, device=x_1TD.device, dtype=x_1TD.dtype)
+    outs: list[list[torch.Tensor]] = []
+    for i0 in range(0, d, tangent_batch):
+        tang = (eye[i0:i0 + tangent_batch, None, None, :] * mask).expand(-1, 1, t, d)
+        res = vmap(lambda tt: jvp(f, (x_1TD,), (tt,))[1])(tang.contiguous())
+        outs.append([r[:, 0, 1:].float() for r in res])
+    return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+
+
 def context_tangents(model: HookedModel, hook: HookPoint, ids_1T: torch.Tensor,
                      x_1TD: torch.Tensor, *, tangent_batch: int = 64,
                      reads: tuple[HookPoint, ...] = ()) -> tuple[torch.Tensor, ...]:
     """Tangents of the final-normed hidden state (and of each ``reads`` hook) at positions
     ``t >= 1`` of one context, for every basis direction ``e_i`` added at h at every position
     ``t >= 1`` -> ``G`` [d, T - 1, D] (float32) per output."""
-    d, t = model.d_model, ids_1T.shape[1]
     f = _final_fn(model, hook, ids_1T, list(reads))
-    x = x_1TD.float().to(model.dtype)
-    mask = torch.ones(1, t, 1, device=x.device, dtype=x.dtype)
-    mask[:, 0] = 0
-    eye = torch.eye(d, device=x.device, dtype=x.dtype)
-    outs: list[list[torch.Tensor]] = []
-    for i0 in range(0, d, tangent_batch):
-        tang = (eye[i0:i0 + tangent_batch, None, None, :] * mask).expand(-1, 1, t, d)
-        res = vmap(lambda tt: jvp(f, (x,), (tt,))[1])(tang.contiguous())
-        outs.append([r[:, 0, 1:].float() for r in res])
-    return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+    return basis_jvp(f, x_1TD.float().to(model.dtype), tangent_batch)
+
+
+def downstream_tangents(model: HookedModel, hook: str | HookPoint, down_hook: str | HookPoint,
+                        token_ids_CT: np.ndarray | torch.Tensor, *, tangent_batch: int = 64
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean residual at h' and its transport Jacobian, at positions ``t >= 1``:
+    (``x'`` [C, T - 1, D], ``K`` [C, T - 1, d, D] with ``K[c, t, i] = d x'_ct / d alpha`` for
+    ``e_i`` added at h at every position >= 1). ``v @ K[c, t]`` is ``v`` transported to h'."""
+    hp, dp = model.hook_point(hook), model.hook_point(down_hook)
+    if dp.depth <= hp.depth:
+        raise ValueError(f"{dp.name} must lie after {hp.name}")
+    ids = torch.as_tensor(np.asarray(token_ids_CT), dtype=torch.long).to(model.device)
+    xs, ks = [], []
+    for c in range(ids.shape[0]):
+        one = ids[c:c + 1]
+        out = model.forward(one, read=[hp, dp], logits=False)
+        x, x_down = out.acts[hp.name].to(model.dtype), out.acts[dp.name]
+
+        def f(x_: torch.Tensor, one: torch.Tensor = one) -> tuple[torch.Tensor]:
+            return (model.forward(one, read=[dp], logits=False,
+                                  start_at=(hp, x_)).acts[dp.name],)
+
+        with eager_attention(model):
+            (k,) = basis_jvp(f, x, tangent_batch)
+        ks.append(k.transpose(0, 1))  # [T-1, d, D]
+        xs.append(x_down[0, 1:].float())
+    return torch.stack(xs), torch.stack(ks)
 
 
 @torch.no_grad()
@@ -279,5 +313,5 @@ def linear_columns(forms: LinearForms, dirs_FD: torch.Tensor, top_ids_FK: torch.
             "lin_target_gain": gain}
 
 
-__all__ = ["LinearForms", "add_context", "context_tangents", "eager_attention", "linear_columns",
-           "linearise"]
+__all__ = ["LinearForms", "add_context", "basis_jvp", "context_tangents", "downstream_tangents",
+           "eager_attention", "linear_columns", "linearise"]

@@ -110,3 +110,33 @@ def passthrough_pr(down: LoadedSAE, x_ND: torch.Tensor, dirs_FD: torch.Tensor, a
         if progress is not None:
             progress(d.shape[0])
     return out.double().cpu().numpy()
+
+
+@torch.no_grad()
+def transported_pr(down: LoadedSAE, x_ND: torch.Tensor, K_NdD: torch.Tensor,
+                   dirs_FD: torch.Tensor, alpha: float, *, budget_elems: int = 1 << 25
+                   ) -> np.ndarray:
+    """``lin_pass`` for each direction (docs/method.md §1): ``base_pass`` with ``alpha v_f``
+    replaced at each position n by ``alpha v_f K_n``, the direction transported from h to h' by
+    the clean Jacobian ``K_NdD`` (:func:`steerscreen.stats.linear.downstream_tangents`)."""
+    dev = down.sae.W_enc.device
+    x = x_ND.to(dev, torch.float32)
+    K = K_NdD.to(dev, torch.float32)
+    v = dirs_FD.to(dev, torch.float32)
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    n, g = x.shape[0], down.d_sae
+    dec_norm = down.sae.W_dec.detach().float().norm(dim=1)
+    split = split_encoder(down)
+    out = torch.empty(v.shape[0], device=dev)
+    step = max(1, budget_elems // max(1, n * max(g, K.shape[-1])))
+    pre_clean = split.pre(x) if split is not None else None
+    a_clean = split.act(pre_clean) if split is not None else encode(down, x)
+    for f0 in range(0, v.shape[0], step):
+        w = torch.einsum("fi,nid->fnd", v[f0:f0 + step], K)  # transported: [f, N, D]
+        if split is not None:
+            a = split.act(pre_clean.unsqueeze(0) + alpha * split.lin(w))
+        else:
+            a = encode(down, x.unsqueeze(0) + alpha * w)
+        P = (a - a_clean.unsqueeze(0)).abs_().mean(1) * dec_norm
+        out[f0:f0 + w.shape[0]] = _log_pr(P)
+    return out.double().cpu().numpy()
