@@ -40,8 +40,9 @@ from steerscreen.pipeline.stats import (
     stats_contexts,
 )
 from steerscreen.saes import encode, load_sae, validate_pairing
-from steerscreen.stats.accumulators import StatsAccumulator
+from steerscreen.stats.accumulators import StatsAccumulator, StatsOptions
 from steerscreen.stats.collect import collect_stats, stats_tables
+from steerscreen.stats.table import TableOptions
 
 
 def peak_rss_gib() -> float:
@@ -96,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     # Warm-up (not timed): first-call costs of both paths.
     warm = sub(ctx, 0, cfg.batch_size)
     bare(model, loaded, warm, hp.name, cfg.batch_size)
-    collect_stats(model, loaded, warm, hp, options=cfg.options(), batch_size=cfg.batch_size,
+    collect_stats(model, loaded, warm, hp, options=StatsOptions.of(cfg), batch_size=cfg.batch_size,
                   final_norm_contexts=cfg.batch_size)
 
-    acc = StatsAccumulator(loaded.d_sae, loaded.d_in, cfg.options(),
+    acc = StatsAccumulator(loaded.d_sae, loaded.d_in, StatsOptions.of(cfg),
                            device=loaded.sae.W_enc.device)
     per = -(-len(ctx) // max(1, args.chunks))
     per = -(-per // cfg.batch_size) * cfg.batch_size  # whole batches per chunk
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  chunk {j + 1}: {i0 + len(chunk)}/{len(ctx)} contexts, bare {t_bare:.1f} s, "
               f"stats pass {t_pass:.1f} s", flush=True)
     t = time.perf_counter()
-    alpha = cfg.strength * acc.residual_norm()
-    tables = stats_tables(acc, loaded, model, cfg.table_options(alpha))
+    tables = stats_tables(acc, loaded, model, TableOptions(
+        neighbour_threshold=cfg.neighbour_threshold, n_components=cfg.n_components))
     table = tables.stats
     examples = example_rows(acc, ctx, model, cfg.decode_examples)
     logit_tokens = logit_token_rows(tables.logit_tokens, model)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "residual_norm": acc.residual_norm(), "sigma_fin": acc.sigma_fin(),
         "alive": int((~table["dead"]).sum()), "example_rows": examples.height,
         "logit_token_rows": logit_tokens.height,
-        "accumulator_bytes": cfg.options().memory_bytes(
+        "accumulator_bytes": StatsOptions.of(cfg).memory_bytes(
             loaded.d_sae, loaded.d_in, int(acc.final_scales.numel()),
             int(acc.resid_norms.numel())),
         "peak_rss_after_load_gib": rss_loaded, "peak_rss_gib": peak_rss_gib(),

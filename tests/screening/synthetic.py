@@ -9,7 +9,7 @@ from steerscreen.screening.data import ScreeningData, zscore
 
 PREDICTORS = ["base_freq", "base_mag", "base_direct", "base_pass", "geom_max_cos",
               "geom_enc_dec_cos", "act_cv", "act_skew", "coact_n_pmi1", "coact_max_cond",
-              "logit_entropy", "logit_kurtosis"]
+              "logit_pr", "logit_kurtosis"]
 
 
 def synthetic(n: int = 240, planted: bool = True, seed: int = 0, noise: float = 0.6

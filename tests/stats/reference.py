@@ -140,6 +140,9 @@ def reference_logits(W_dec, W_U, gain, centre, alpha, sigma, triggers):
         out.setdefault("logit_entropy", []).append(float(-(q * np.log(q)).sum()))
         out.setdefault("logit_top10_mass", []).append(float(np.sort(q)[-10:].sum()))
         out.setdefault("logit_kurtosis", []).append(float(sps.kurtosis(dl)))
+        z2 = (dl - dl.mean()) ** 2
+        out.setdefault("logit_pr", []).append(math.log(z2.sum() ** 2 / (z2 ** 2).sum()))
+        out.setdefault("logit_top10_energy", []).append(float(np.sort(z2)[-10:].sum() / z2.sum()))
         trig = triggers[f]
         out.setdefault("logit_trigger_overlap", []).append(
             len(set(top_dl.tolist()) & set(trig)) / 10 if trig else float("nan"))

@@ -112,14 +112,14 @@ def test_pass_matches_direct_computation(case: str) -> None:
     acc = collect_stats(model, loaded, ctx, HOOK, options=OPTS, batch_size=4,
                         final_norm_contexts=5)
     freq, mag, sigma = reference(model, loaded, ctx, 5)
-    df = stats_table(acc, loaded, model, TableOptions(alpha=2.0, n_components=4))
+    df = stats_table(acc, loaded, model, TableOptions(n_components=4))
     assert 3 < np.isfinite(freq).sum() < F or case == "topk"  # some dead, some alive
     np.testing.assert_allclose(df["base_freq"].to_numpy(), freq, rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(df["base_mag"].to_numpy(), mag, rtol=1e-4, atol=1e-5,
                                equal_nan=True)
     assert acc.sigma_fin() == pytest.approx(sigma, rel=1e-5)
     alive = ~df["dead"].to_numpy()
-    for name in ("logit_entropy", "logit_top10_mass", "logit_kurtosis", "base_direct",
+    for name in ("logit_pr", "logit_top10_energy", "logit_kurtosis", "base_direct",
                  "logit_trigger_overlap", "geom_pc_share", "act_burstiness"):
         assert np.isfinite(df[name].to_numpy()[alive]).all(), name
     assert df["dead"].to_numpy().sum() == np.isnan(freq).sum()

@@ -14,8 +14,8 @@ METHOD_NAMES = [
     "geom_n_neighbours", "geom_enc_dec_cos", "geom_pc_share", "geom_mean_resid_cos", "act_cv",
     "act_skew", "act_kurtosis", "act_p50_rel", "act_p99_rel", "act_early_share",
     "act_token_entropy", "act_burstiness", "act_n_reservoir", "act_low_count", "coact_n_pmi1",
-    "coact_max_cond", "coact_partner_entropy", "coact_top10_dec_cos", "logit_entropy",
-    "logit_top10_mass", "logit_kurtosis", "logit_trigger_overlap", "dead", "feature", "base_pass"]
+    "coact_max_cond", "coact_partner_entropy", "coact_top10_dec_cos", "logit_pr",
+    "logit_top10_energy", "logit_kurtosis", "logit_trigger_overlap", "dead", "feature", "base_pass"]
 
 
 def test_every_method_column_is_registered_and_documented() -> None:

@@ -108,8 +108,8 @@ def test_table_has_one_row_per_feature_and_every_column(setup) -> None:
     res = setup["res"]
     assert (res.n_features, res.n_dead, res.n_alive) == (F, int(dead.sum()), int((~dead).sum()))
     assert not res.skipped
-    # Logit columns at the measured dose are present for live features.
-    assert np.isfinite(df["logit_entropy"].to_numpy()[~dead]).all()
+    # The (dose-free, scale-free) logit columns are present for live features.
+    assert np.isfinite(df["logit_pr"].to_numpy()[~dead]).all()
 
 
 def test_manifest_records_environment_inputs_and_stage(setup) -> None:

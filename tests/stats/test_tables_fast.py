@@ -164,8 +164,10 @@ def test_logit_top_tokens_are_the_top_direct_logits(centre: bool) -> None:
                  softcap=None)
     lc = logit_columns(W_dec, un, alpha=3.0, sigma_fin=2.0, chunk=5)
     assert isinstance(lc, LogitColumns)
-    assert set(lc) == {"base_direct", "logit_entropy", "logit_top10_mass", "logit_kurtosis",
+    assert set(lc) == {"base_direct", "logit_pr", "logit_top10_energy", "logit_kurtosis",
                        "logit_trigger_overlap"} and lc["base_direct"] is lc.columns["base_direct"]
+    assert set(lc.dose) == {"logit_entropy", "logit_top10_mass"}
+    assert logit_columns(W_dec, un, chunk=5).dose == {}  # no dose, no diagnostics
     dl = un.direct_logits(W_dec / W_dec.norm(dim=1, keepdim=True))
     top = torch.topk(dl, 10, dim=1)
     assert np.array_equal(lc.top_ids, top.indices.numpy())

@@ -243,7 +243,8 @@ class StatsSettings(ClusterOptions):
     batch_size: int = 16
     """Contexts per forward pass (speed and memory only)."""
     strength: float = 0.25
-    """s of the logit dose alpha = s * r, r = the median residual norm at the hook."""
+    """s of the dose alpha = s * r recorded until steer calibrates its own, r = the median
+    residual norm at the hook (no feature_stats column depends on it)."""
     final_norm_contexts: int = 32
     """Contexts run to the end of the model for sigma_fin (the rest stop at the hook); 32 x
     (T - 1) positions fix a median well."""

@@ -47,7 +47,6 @@ from steerscreen.pipeline.stage import stage
 from steerscreen.screening.analysis import Analysis, analyse
 from steerscreen.screening.data import (
     BASELINES,
-    DOSE_COLUMNS,
     OUTCOME_COLUMNS,
     ScreeningData,
     screening_data,
@@ -84,7 +83,7 @@ def load_screening_data(run: RunLayout, strength: float | None = None) -> Screen
             raise ArtifactError(f"the run was steered only at strength 0 ({recorded}), the "
                                 "exactness check, where every outcome is 0 or NaN",
                                 "steer at a positive strength (or a calibrated dose)")
-    dose = (run.read_table(FEATURE_DOSE_STATS, ("feature", *DOSE_COLUMNS))
+    dose = (run.read_table(FEATURE_DOSE_STATS, ("feature", "base_pass"))  # lin_pass optional
             if run.file(FEATURE_DOSE_STATS).is_file() else None)
     stats = with_dose_stats(run.read_table(RunDir.FEATURE_STATS, ("feature", *BASELINES[:3])),
                             dose)

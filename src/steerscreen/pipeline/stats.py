@@ -16,10 +16,12 @@ encode, every accumulator) and writes, in the run folder (docs/method.md §5):
   hashes, and the dose unit.
 
 The dose. ``r`` = the median L2 norm of the raw residual at the hook over positions >= 1 of
-the stats split, measured in the same pass (the exact lower median). The ``logit_*`` columns use
-``alpha = s * r`` with ``s = strength`` (default 0.25; the steering stage calibrates s later and
-can recompute them from W_dec, the unembedding and ``sigma_fin``). Logit softcaps are ignored
-for direct-logit work, and the manifest says so.
+the stats split, measured in the same pass (the exact lower median). The manifest records the
+dose ``alpha = s * r`` with ``s = strength`` (default 0.25) until the steering stage calibrates
+its own; no ``feature_stats`` column depends on it (the ``logit_*`` columns are scale-free,
+METHOD v2; the dose-dependent ``logit_entropy`` / ``logit_top10_mass`` are diagnostics the steer
+stage writes to ``feature_dose_stats.parquet``). Logit softcaps are ignored for direct-logit
+work, and the manifest says so.
 
 Interrupted, it resumes: the pass checkpoints its accumulators every ``checkpoint_s`` seconds
 (:mod:`~steerscreen.pipeline.checkpoint`, recorded in the manifest), and a rerun with the same
@@ -317,7 +319,7 @@ def _finish(st: StageRun, cfg: StatsConfig, inp: _Inputs, contexts: Contexts,
     """Tables from the accumulators, written and recorded."""
     r = acc.residual_norm()
     alpha = cfg.strength * r
-    opts = TableOptions(alpha=alpha, neighbour_threshold=cfg.neighbour_threshold,
+    opts = TableOptions(neighbour_threshold=cfg.neighbour_threshold,
                         n_components=cfg.n_components)
     tables = st.timed("table", lambda: stats_tables(acc, inp.sae, inp.model, opts))
     examples = st.timed("examples", lambda: example_rows(acc, contexts, inp.model,
@@ -373,8 +375,9 @@ def _results(st: StageRun, cfg: StatsConfig, inp: _Inputs, contexts: Contexts,
                  "residual_norm_positions": int(acc.resid_norms.numel()),
                  "median": "lower median over positions >= 1 of the stats split",
                  "logit_softcap": inp.model.unembed().softcap, "softcap_ignored": True,
-                 "note": "logit_* columns use this alpha; the steering stage calibrates s and "
-                         "may recompute them from W_dec, the unembedding and sigma_fin"},
+                 "note": "no feature_stats column depends on this alpha (the logit_* columns "
+                         "are scale-free, METHOD v2); the steering stage calibrates s and "
+                         "writes the dose-dependent columns to feature_dose_stats"},
         "accumulator_bytes": StatsOptions.of(cfg).memory_bytes(
             d_sae, inp.sae.d_in, int(acc.final_scales.numel()), int(acc.resid_norms.numel())),
         "pass_tokens_per_s": contexts.n_tokens / max(st.timings["pass"], 1e-9),
@@ -407,7 +410,7 @@ def _add_logit_tokens(run: RunDir, record: dict[str, Any], loaded: LoadedSAE,
                       model: HookedModel) -> dict[str, Any]:
     """Write ``feature_logit_tokens.parquet`` for a complete stats stage recorded before the
     stage wrote it (it needs only the decoder and the unembedding) -> the updated record."""
-    lc = logit_columns(loaded.sae.W_dec.detach(), model.unembed(), alpha=0.0, sigma_fin=1.0)
+    lc = logit_columns(loaded.sae.W_dec.detach(), model.unembed())
     info = run.write_table(FEATURE_LOGIT_TOKENS,
                            logit_token_rows(logit_token_table(lc), model))
     record = {**record, "outputs": {**(record.get("outputs") or {}), FEATURE_LOGIT_TOKENS: info}}

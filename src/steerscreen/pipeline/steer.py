@@ -15,9 +15,10 @@
 5. gathers the shards into ``steering_outcomes.parquet`` and ``steering_gram.parquet``.
 
 At the (first) dose it also writes ``feature_dose_stats.parquet`` for every feature of S:
-``base_pass`` (needs S' and alpha) and ``logit_entropy`` / ``logit_top10_mass`` recomputed at the
-steering alpha (:func:`base_pass`, which ``screen`` uses too); the fit takes these over the
-stats table's.
+``base_pass`` (needs S' and alpha; :func:`base_pass`, which ``screen`` uses too), which the fit
+takes over the stats table's NaN column, and the diagnostics ``logit_entropy`` /
+``logit_top10_mass`` of ``q_f = softmax(alpha * DL_f / sigma_fin)`` at the steering alpha (not
+predictors since METHOD v2).
 
 Interrupted (Ctrl-C, kill, crash), it resumes: a rerun with the same config and inputs
 reconciles the shards with the manifest's shard record (:mod:`.shards`: hashes checked, a shard
@@ -425,8 +426,9 @@ def lin_pass(model: HookedModel, sae: LoadedSAE, hook: HookPoint, down: LoadedSA
 
 
 def _dose_stats(cfg: SteerConfig, run: RunDir, inp: _Inputs, work: _Work) -> dict[str, Any]:
-    """``feature_dose_stats.parquet``: base_pass and the dose-dependent logit columns for every
-    feature of S at the analysed strength (skipped when a resumed run already wrote them)."""
+    """``feature_dose_stats.parquet``: base_pass and the dose-dependent logit diagnostics for
+    every feature of S at the analysed strength (skipped when a resumed run already wrote
+    them)."""
     s = analysed_strength(work.strengths)
     strength = work.strengths[0] if s is None else s  # the fit's default, never s = 0
     alpha = strength * work.r
@@ -448,7 +450,8 @@ def _dose_stats(cfg: SteerConfig, run: RunDir, inp: _Inputs, work: _Work) -> dic
     f = inp.sae.d_sae
     run.write_table(DOSE_STATS, pl.DataFrame({
         "feature": np.arange(f, dtype=np.int64), "base_pass": bp, "lin_pass": lp,
-        "logit_entropy": lc["logit_entropy"], "logit_top10_mass": lc["logit_top10_mass"],
+        "logit_entropy": lc.dose["logit_entropy"],
+        "logit_top10_mass": lc.dose["logit_top10_mass"],
         "strength": np.full(f, strength), "alpha": np.full(f, alpha)}))
     return {"alpha": alpha, "strength": strength, "positions": cfg.pass_positions,
             "sigma_fin": sigma_fin, "fast_path": split_encoder(inp.down) is not None,

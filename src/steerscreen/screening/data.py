@@ -1,8 +1,8 @@
 """The screening table: one row per steered feature, its predictors and its measured outcomes.
 
-:func:`screening_data` joins the ``feature_stats`` table (the predictors, with ``base_pass`` and
-the dose-dependent ``logit_*`` columns taken from ``feature_dose_stats`` when the steer stage
-wrote it: :func:`with_dose_stats`) with the ``steering_outcomes`` table at one strength, one
+:func:`screening_data` joins the ``feature_stats`` table (the predictors, with the dose columns
+``base_pass`` and ``lin_pass`` taken from ``feature_dose_stats`` when the steer stage wrote them:
+:func:`with_dose_stats`) with the ``steering_outcomes`` table at one strength, one
 column per outcome and context set (``effect_stability@fresh`` ...). It also adds the
 cleanliness score,
 ``z(effect_stability) - z(collateral_spread)`` with z over the feature rows of that context set.
@@ -27,7 +27,10 @@ from steerscreen.stats.registry import COLUMNS, GROUPS, LINEAR_GROUP
 OUTCOMES = ("effect_stability", "collateral_spread", "cleanliness")
 SIDE_OUTCOMES = ("effect_kl", "target_gain", "collateral_out")
 BASELINES = ("base_freq", "base_mag", "base_direct", "base_pass")
-DOSE_COLUMNS = ("base_pass", "lin_pass", "logit_entropy", "logit_top10_mass")
+DOSE_COLUMNS = ("base_pass", "lin_pass")
+"""Registered predictors the steer stage computes at the steering dose into
+``feature_dose_stats`` (NaN in ``feature_stats``). That table's other columns (the v1 logit
+diagnostics ``logit_entropy`` / ``logit_top10_mass``, strength, alpha) never reach the fit."""
 OUTCOME_COLUMNS = ("feature", "direction", "strength", "context_set", "effect_stability",
                    "collateral_spread", *SIDE_OUTCOMES)
 """The steering_outcomes columns the screening reads."""
@@ -108,13 +111,15 @@ class ScreeningData:
 
 
 def with_dose_stats(stats: pl.DataFrame, dose: pl.DataFrame | None) -> pl.DataFrame:
-    """``feature_stats`` with the steer stage's dose-dependent columns (``feature_dose_stats``)
-    swapped in when there are any."""
+    """``feature_stats`` with the steer stage's dose columns (:data:`DOSE_COLUMNS` that
+    ``feature_dose_stats`` holds) swapped in; nothing else of ``dose`` is taken."""
     if dose is None:
         return stats
-    dose = dose.select(["feature", *[c for c in DOSE_COLUMNS if c in dose.columns]])
-    return stats.drop([c for c in DOSE_COLUMNS if c in stats.columns]).join(
-        dose, on="feature", how="left")
+    have = [c for c in DOSE_COLUMNS if c in dose.columns]
+    if not have:
+        return stats
+    return stats.drop([c for c in have if c in stats.columns]).join(
+        dose.select(["feature", *have]), on="feature", how="left")
 
 
 def screening_data(stats: pl.DataFrame, outcomes: pl.DataFrame, strength: float

@@ -39,6 +39,17 @@ _EXAMPLES = [
     ("token", "string", "the firing token decoded (null without a decoding tokenizer)"),
 ]
 
+_DOSE_STATS = [
+    ("feature", "int64", "feature index (every feature of S)"),
+    ("base_pass", "float64", "the registered `base_pass` (above) at this dose"),
+    ("logit_entropy", "float64", "diagnostic, not a predictor: `-sum_v q_v ln q_v`, `q_f = "
+                                 "softmax(alpha * DL_f / sigma_fin)` (nats)"),
+    ("logit_top10_mass", "float64", "diagnostic, not a predictor: the sum of the 10 largest "
+                                    "`q_f` entries (probability)"),
+    ("strength", "float64", "s of the dose (the analysed strength)"),
+    ("alpha", "float64", "`alpha = s * r`"),
+]
+
 _LOGIT_TOKENS = [
     ("feature", "int64", "feature index"),
     ("rank", "int64", "0 = the token with the largest `DL_f` entry"),
@@ -82,11 +93,14 @@ def markdown() -> str:
         "undefined. Columns marked *no* under *predictor* are identifiers, flags or "
         "diagnostics that track frequency and must not enter a predictor set.",
         "",
-        "The `logit_*` columns that depend on the dose use `alpha = s * r`: `s` = `--strength` "
-        "(default 0.25), `r` = the median L2 norm of the raw residual at the hook over "
-        "positions >= 1 of the stats split, measured in the same pass (the exact lower median "
-        "of every stored norm, 4 bytes per position). `s`, `r`, `alpha` and the fact that "
-        "logit softcaps are ignored are recorded in `RUN/manifest.json`.",
+        "No column here depends on the steering dose except `base_pass` and `lin_pass`, which "
+        "the steer stage computes into `feature_dose_stats.parquet` (below; NaN here). The "
+        "`logit_*` columns are scale-free (METHOD v2): multiplying `DL_f` by a positive "
+        "factor leaves them unchanged. The stats stage records `r` = the median L2 norm of the "
+        "raw residual at the hook over positions >= 1 of the stats split, measured in the same "
+        "pass (the exact lower median of every stored norm, 4 bytes per position), `s` = "
+        "`--strength` (default 0.25), `alpha = s * r` and the fact that logit softcaps are "
+        "ignored in `RUN/manifest.json`.",
         "",
         _notation(),
         "",
@@ -110,6 +124,20 @@ def markdown() -> str:
         "| column | dtype | meaning |",
         "|---|---|---|",
         *[f"| `{n}` | {t} | {m} |" for n, t, m in _EXAMPLES],
+        "",
+        "## Dose columns and diagnostics (`feature_dose_stats.parquet`)",
+        "",
+        "The steer stage writes one row per feature of S at the analysed strength (the first "
+        "positive one). The fit takes the registered dose columns (`base_pass`, and "
+        "`lin_pass` when present) over `feature_stats.parquet`'s NaN ones; nothing else here "
+        "reaches a predictor set. `logit_entropy` and `logit_top10_mass` were METHOD v1 "
+        "predictors: at a calibrated dose `q_f` is almost uniform (entropy within 0.02 nats "
+        "of `ln V` on SmolLM2) and they track `base_direct` (Spearman -0.81), so v2 keeps them "
+        "as diagnostics only.",
+        "",
+        "| column | dtype | meaning |",
+        "|---|---|---|",
+        *[f"| `{n}` | {t} | {m} |" for n, t, m in _DOSE_STATS],
         "",
         "## Top direct-logit tokens (`feature_logit_tokens.parquet`)",
         "",

@@ -176,13 +176,21 @@ _c("coact_truncated_share", "coact",
    "Diagnostic: how approximate the co-activation columns are (0 = exact).",
    predictor=False)
 
-# --- direct-logit footprint ---------------------------------------------------------------------
-_c("logit_entropy", "logit", "-sum_v q_v ln q_v, q_f = softmax(alpha * DL_f / sigma_fin)", "nats",
-   "Entropy of the direct-logit push at the applied dose (low = a few tokens).")
-_c("logit_top10_mass", "logit", "sum of the 10 largest q_f entries", "probability",
-   "Mass of the dose-scaled direct-logit distribution on its top 10 tokens.")
-_c("logit_kurtosis", "logit", "excess kurtosis of the entries of DL_f over the vocabulary",
-   "unitless", "Heavy-tailedness of the direct-logit vector.")
+# --- direct-logit footprint (scale-free, METHOD v2) -----------------------------------------------
+# The v1 dose-dependent logit_entropy / logit_top10_mass are not registered: they are diagnostics
+# of feature_dose_stats.parquet only (steerscreen.stats.logits.DOSE_LOGIT_COLUMNS).
+_c("logit_pr", "logit", "ln((sum_v z_v^2)^2 / sum_v z_v^4), z = DL_f - mean_v DL_f",
+   "ln count of tokens",
+   "Participation ratio of the centred direct-logit vector: how many tokens the feature "
+   "pushes (scale-free; NaN when DL_f is constant). It equals ln V - ln(logit_kurtosis + 3) "
+   "for a vocabulary of V tokens.")
+_c("logit_top10_energy", "logit",
+   "sum of the 10 largest z_v^2 / sum_v z_v^2, z = DL_f - mean_v DL_f", "share",
+   "Share of the centred direct-logit energy in the 10 tokens pushed hardest either way "
+   "(scale-free).")
+_c("logit_kurtosis", "logit", "mean_v z_v^4 / (mean_v z_v^2)^2 - 3, z = DL_f - mean_v DL_f "
+   "(the excess kurtosis of the entries of DL_f over the vocabulary)", "unitless",
+   "Heavy-tailedness of the direct-logit vector (scale-free; NaN when DL_f is constant).")
 _c("logit_trigger_overlap", "logit",
    "|top10_v(DL_f) ∩ top10 most frequent reservoir token ids| / 10 (ties: lower id)", "share",
    "Whether the feature promotes the tokens that trigger it (NaN when dead).")

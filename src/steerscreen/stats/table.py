@@ -31,9 +31,6 @@ _PL = {"int64": pl.Int64, "float64": pl.Float64, "bool": pl.Boolean}
 class TableOptions:
     """Options of the column computations (the accumulator's own live in ``StatsOptions``)."""
 
-    alpha: float | None = None
-    """The applied dose (docs/method.md §2: s * r); None leaves the dose-dependent logit columns
-    NaN."""
     neighbour_threshold: float = NEIGHBOUR_THRESHOLD
     n_components: int = N_COMPONENTS
     """k of the residual principal subspace for ``geom_pc_share``."""
@@ -78,18 +75,10 @@ def feature_tables(acc: StatsAccumulator, W_enc_DF: torch.Tensor, W_dec_FD: torc
     cols |= coactivation_columns(acc, W_dec_FD)
     logit_names = [c for c in COLUMNS if c.startswith("logit_")] + ["base_direct"]
     tokens = None
-    if unembed is not None:
-        sigma = acc.sigma_fin()
-        alpha = opts.alpha if opts.alpha is not None else float("nan")
-        dosed = bool(np.isfinite(alpha) and np.isfinite(sigma))
-        lc = logit_columns(W_dec_FD, unembed, alpha=alpha if dosed else 0.0,
-                           sigma_fin=sigma if dosed else 1.0,
-                           trigger_tokens_FK=trigger_tokens(acc, TOP_TOKENS),
+    if unembed is not None:  # dose-free (METHOD v2): no alpha, no sigma_fin
+        lc = logit_columns(W_dec_FD, unembed, trigger_tokens_FK=trigger_tokens(acc, TOP_TOKENS),
                            chunk=opts.logit_chunk)
         cols |= lc.columns
-        if not dosed:  # no dose or no sigma_fin: only the dose-free columns
-            cols["logit_entropy"] = np.full(f, np.nan)
-            cols["logit_top10_mass"] = np.full(f, np.nan)
         tokens = logit_token_table(lc)
     else:
         cols |= {name: np.full(f, np.nan) for name in logit_names}

@@ -1,12 +1,11 @@
-"""Dose-dependent predictors, computed at the steering dose: ``base_pass`` and the logit dose.
+"""The dose-dependent predictor ``base_pass``, computed at the steering dose.
 
 ``base_pass`` (docs/method.md §1) = ln participation ratio of the passthrough response
 ``P_g = mean_n |a'_g(x'_n + alpha v_f) - a'_g(x'_n)| * ||W'_dec[g]||`` over clean stats-split
 positions ``x'_n`` at the downstream hook: what adding the steering vector straight at h' would
 do to S'. It needs S' and alpha, which the steer stage owns, so that stage computes it for every
-feature of S and writes ``feature_dose_stats.parquet`` (with ``logit_entropy`` and
-``logit_top10_mass`` recomputed at the same alpha, which the stats stage could only take from a
-fixed strength).
+feature of S and writes ``feature_dose_stats.parquet`` (with the diagnostics ``logit_entropy``
+and ``logit_top10_mass`` at the same alpha, which are not predictors since METHOD v2).
 
 For every feature this is F x N encodes of S'. When S' encodes affinely before its activation
 (ReLU, JumpReLU and TopK SAEs without runtime input normalisation; centring is linear too), the
