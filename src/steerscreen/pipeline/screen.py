@@ -4,7 +4,10 @@
 strength, so the dose-dependent columns match), adds ``base_pass`` when the predictor uses it
 (:func:`~steerscreen.pipeline.steer.base_pass`, the steer stage's own computation), applies the
 predictor and writes ``screen.parquet`` and ``screen.csv``: every feature ranked by predicted
-cleanliness (dead features last), with intervals and drivers.
+cleanliness (dead features last), with intervals and drivers, and the predicted dose
+(docs/method.md §2): ``pred_alpha = sqrt(target_kl / exp(lin_kl))``, the alpha that should cost
+``target_kl`` nats of KL (the stats pass's linear response), and ``pred_strength = pred_alpha / r``
+(NaN where lin_kl is, e.g. a stats pass with ``--linear-contexts 0``).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from steerscreen.config import StatsConfig
 from steerscreen.errors import SpecError
-from steerscreen.layout import SCREEN_CSV, SCREEN_TABLE
+from steerscreen.layout import SCREEN_CSV, SCREEN_TABLE, equal_kl_alpha
 from steerscreen.models import HookedModel
 from steerscreen.pipeline.runs import RunDir
 from steerscreen.pipeline.stats import run_stats
@@ -37,9 +41,11 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
                downstream_sae: str | None = None, downstream_hook: str | None = None,
                pass_positions: int = 256, force: bool = False,
                log: Callable[[str], None] | None = None, model: HookedModel | None = None,
-               sae: LoadedSAE | None = None, down: LoadedSAE | None = None) -> ScreenResult:
+               sae: LoadedSAE | None = None, down: LoadedSAE | None = None,
+               target_kl: float = 0.25) -> ScreenResult:
     """Stats pass for ``stats_cfg`` into ``out`` (at the predictor's strength), then rank.
 
+    ``target_kl``: the KL of the predicted dose columns (``pred_alpha``, ``pred_strength``).
     ``model`` / ``sae`` / ``down``: already-loaded objects instead of the specs (tests)."""
     predictor = Predictor.load(predictor_path)
     for name in (SCREEN_TABLE, SCREEN_CSV):  # before the stats pass, not after it
@@ -58,11 +64,23 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
                     progress=log is not None)
     run = RunDir(out)
     stats = run.read_table(RunDir.FEATURE_STATS)
+    r = float(res.residual_norm)
+    lin = (stats["lin_kl"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+           if "lin_kl" in stats.columns else np.full(stats.height, np.nan))
     if needs_pass:
-        bp = _base_pass(stats_cfg, downstream_sae, downstream_hook, s * res.residual_norm,
-                        pass_positions, model, sae, down)
+        alpha = s * r
+        scale = None
+        if "target_kl" in predictor.dose:  # trained at the equal-KL dose: base_pass at each's
+            own = equal_kl_alpha(float(predictor.dose["target_kl"]), np.exp(lin))
+            scale = np.where(np.isfinite(own), own / alpha, 1.0)
+        bp = _base_pass(stats_cfg, downstream_sae, downstream_hook, alpha,
+                        pass_positions, model, sae, down, scale)
         stats = stats.with_columns(pl.Series("base_pass", bp))
     ranked = predictor.predict(stats)
+    pred_alpha = equal_kl_alpha(target_kl, np.exp(lin))
+    ranked = ranked.join(pl.DataFrame({
+        "feature": stats["feature"], "pred_alpha": pred_alpha, "pred_strength": pred_alpha / r,
+        "target_kl": np.full(stats.height, float(target_kl))}), on="feature", how="left")
     flat = [o for o, m in predictor.models.items() if m.alpha is None]
     if flat and log is not None:
         log(f"note: the predictor found no signal for {', '.join(flat)} (its ridge chose the "
@@ -91,7 +109,7 @@ def _check_downstream(spec: str, hook: str | None, model_spec: str,
 
 def _base_pass(cfg: StatsConfig, down_spec: str | None, down_hook: str | None, alpha: float,
                positions: int, model: HookedModel | None, sae: LoadedSAE | None,
-               down: LoadedSAE | None):  # -> np.ndarray
+               down: LoadedSAE | None, scale_F=None):  # -> np.ndarray
     from steerscreen.corpus import load_corpus
     from steerscreen.models import load_model
     from steerscreen.saes import load_sae, validate_pairing
@@ -101,7 +119,8 @@ def _base_pass(cfg: StatsConfig, down_spec: str | None, down_hook: str | None, a
     sae = sae or load_sae(cfg.sae, device=cfg.device)
     down = down or load_sae(str(down_spec), device=cfg.device)
     dhp = validate_pairing(down, model, down_hook)
-    return base_pass(model, sae, down, dhp, cfg, load_corpus(cfg.corpus), positions, alpha)
+    return base_pass(model, sae, down, dhp, cfg, load_corpus(cfg.corpus), positions, alpha,
+                     scale_F=scale_F)
 
 
 def print_screen(res: ScreenResult, top: int) -> None:
@@ -111,14 +130,19 @@ def print_screen(res: ScreenResult, top: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"cleanest {min(top, res.table.height)} of {res.table.height} features")
+    kl = res.table["target_kl"][0] if "target_kl" in res.table.columns and res.table.height \
+        else None
+    dose_col = f"strength (KL {kl:g})" if kl is not None else "strength"
     for col in ("rank", "feature", "cleanliness", "90% interval", "stability", "spread",
-                "drivers"):
+                dose_col, "drivers"):
         table.add_column(col)
     for r in res.table.head(top).iter_rows(named=True):
+        s = r.get("pred_strength")
+        dose = f"{s:.3g}" if s is not None and np.isfinite(s) else "–"
         table.add_row(str(r["rank"]), str(r["feature"]), f"{r['pred_cleanliness']:+.2f}",
                       f"[{r['pred_cleanliness_lo']:+.2f}, {r['pred_cleanliness_hi']:+.2f}]",
                       f"{r['pred_effect_stability']:.3f}", f"{r['pred_collateral_spread']:.2f}",
-                      escape(r["drivers"]))
+                      dose, escape(r["drivers"]))
     Console().print(table)
 
 
