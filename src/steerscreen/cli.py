@@ -117,8 +117,13 @@ def _steer(run: Path, force: bool, resume: bool, **kw: Any) -> None:
     res = run_steer(SteerConfig(**config_values(SteerConfig, kw)), run, force=force,
                     resume=resume, log=_log)
     state = "already complete (skipped)" if res.skipped else f"{res.seconds:.1f} s"
-    doses = ", ".join(f"s = {s:.4g} (alpha = {a:.4g})" for s, a in zip(res.strengths, res.alpha,
-                                                                       strict=True))
+    if res.dose_mode == "equal-kl" and res.alpha_range:
+        a = res.alpha_range
+        doses = (f"equal-KL dose (predicted KL {res.target_kl:.4g} each; alpha "
+                 f"{a['min']:.4g}..{a['max']:.4g}, median {a['median']:.4g})")
+    else:
+        doses = ", ".join(f"s = {s:.4g} (alpha = {a:.4g})"
+                          for s, a in zip(res.strengths, res.alpha, strict=True))
     console.print(f"[bold]steer[/]: {res.n_features} features + {res.n_random} random directions "
                   f"at {doses}; {state}\n  -> {escape(str(res.outcomes_path))}")
 
@@ -139,7 +144,8 @@ def _screen(out: Path, top: int, force: bool, **kw: Any) -> None:
     cfg = ScreenConfig(**config_values(ScreenConfig, kw))
     res = run_screen(cfg.predictor, cfg.stats_config(strength=0.25), out,
                      downstream_sae=cfg.downstream_sae, downstream_hook=cfg.downstream_hook,
-                     pass_positions=cfg.pass_positions, force=force, log=_log)
+                     pass_positions=cfg.pass_positions, force=force, log=_log,
+                     target_kl=cfg.target_kl)
     print_screen(res, top)
     console.print(f"-> {escape(str(res.parquet))} and {escape(str(res.csv))}")
 

@@ -105,6 +105,36 @@ def analysed_strength(strengths: Sequence[float]) -> float | None:
     return next((float(s) for s in strengths if s > 0), None)
 
 
+EQUAL_KL_MODE = "equal-kl"
+"""The manifest's ``dose_mode`` of a ``--dose equal-kl`` steer stage."""
+
+
+def equal_kl_alpha(target_kl: float, kl_rate: Any) -> Any:
+    """The equal-KL dose (docs/method.md §2): ``alpha = sqrt(target_kl / kl_rate)`` with
+    ``kl_rate = exp(lin_kl)``, the predicted KL per unit alpha^2 (NaN where the rate is not a
+    positive number)."""
+    import numpy as np
+
+    rate = np.asarray(kl_rate, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isfinite(rate) & (rate > 0), np.sqrt(target_kl / rate), np.nan)
+
+
+def dose_groups(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """Outcome rows with ``strength`` as the analysis groups them.
+
+    Rows of a ``--dose equal-kl`` steer stage (a non-null ``target_kl``) each record their own
+    s = alpha / r; together they are one dose, labelled by its target KL: their ``strength``
+    becomes ``target_kl`` (the label the manifest's ``strengths`` records) and the row's own s
+    moves to ``row_strength``. Other rows are unchanged. Applying it twice changes nothing."""
+    if "target_kl" not in outcomes.columns or "row_strength" in outcomes.columns:
+        return outcomes
+    eq = pl.col("target_kl").is_not_null() & pl.col("target_kl").is_not_nan()
+    return outcomes.with_columns(
+        pl.col("strength").alias("row_strength"),
+        pl.when(eq).then(pl.col("target_kl")).otherwise(pl.col("strength")).alias("strength"))
+
+
 def steerscreen_temp(name: str, outputs: frozenset[str] = RUN_OUTPUTS) -> bool:
     """Whether ``name`` is a temp file or folder an atomic write of one of ``outputs`` left
     (``.NAME.XXXXXXXX.tmp``, ``.NAME.tmp-xxxxxxxx``, ``.NAME.old-xxxxxxxx``): a user's

@@ -241,6 +241,10 @@ CASES = [
          "neighbour_threshold must be a cosine"),
     Case("batch-rows", steer("--batch-rows", "0"), "batch_rows must be positive",
          out="stats_run"),
+    Case("dose-unknown", steer("--dose", "loud"), "unknown dose", out="stats_run"),
+    Case("dose-equal-kl-strengths", steer("--dose", "equal-kl"),
+         "--dose equal-kl sets each direction's own dose, so it takes no --strengths",
+         out="stats_run"),
     # a study checks every stage before it writes anything (study.json included)
     Case("study-features", ["run", "--config", "{study_features}", "--out", "{out}"],
          "asked to steer", detail="[[sae]] 'mine': asked to steer 1000000000 features"),

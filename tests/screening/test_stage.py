@@ -81,6 +81,65 @@ def test_screen_ranks_every_feature_without_steering(base, fitted, tmp_path) -> 
     alive = t.filter(~pl.col("dead"))
     assert (np.diff(alive["pred_cleanliness"].to_numpy()) <= 0).all()
     assert res.csv.is_file() and not (tmp_path / "screen" / RunDir.STEERING_OUTCOMES).exists()
+    # The predicted dose: pred_alpha = sqrt(target_kl / exp(lin_kl)), pred_strength = alpha / r.
+    stats = pl.read_parquet(tmp_path / "screen" / RunDir.FEATURE_STATS).sort("feature")
+    r = json.loads((tmp_path / "screen" / RunDir.MANIFEST).read_text())["residual_norm"]
+    d = t.sort("feature")
+    want = np.sqrt(0.25 / np.exp(stats["lin_kl"].to_numpy()))
+    assert np.isfinite(want).all()
+    np.testing.assert_allclose(d["pred_alpha"].to_numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(d["pred_strength"].to_numpy(), want / r, rtol=1e-12)
+    assert (d["target_kl"] == 0.25).all()
+    assert "pred_strength" in pl.read_csv(res.csv).columns
+
+
+def test_screen_dose_follows_target_kl_and_is_nan_without_lin(base, fitted,  # noqa: F811
+                                                              tmp_path) -> None:
+    m = json.loads((fitted["out"] / RunDir.MANIFEST).read_text())
+    sc = m["stages"]["stats"]["config"]
+    cfg = StatsConfig(**{**sc, "tokens": 150, "linear_contexts": 0})
+    res = run_screen(fitted["res"].predictor_path, cfg, tmp_path / "nolin", model=base["model"],
+                     sae=base["sae"], down=base["down"], target_kl=0.5)
+    assert np.isnan(res.table["pred_alpha"].to_numpy()).all()
+    assert np.isnan(res.table["pred_strength"].to_numpy()).all()
+    assert (res.table["target_kl"] == 0.5).all()
+    from steerscreen.pipeline.screen import print_screen
+
+    print_screen(res, 3)  # NaN strengths print as a dash
+
+
+@pytest.fixture(scope="module")
+def equal_fitted(base):  # noqa: F811
+    out = fresh_run(base, "fit-equal-kl")
+    steer(base, out, dose="equal-kl", target_kl=0.02,
+          feature_ids=",".join(map(str, range(2, 26))), random_directions=4, contexts=3,
+          fresh_contexts=3)
+    return {"out": out, "res": run_fit(FAST, out)}
+
+
+def test_fit_and_report_of_an_equal_kl_run(equal_fitted, tmp_path) -> None:
+    from steerscreen.report import write_report
+
+    out = equal_fitted["out"]
+    s = json.loads((out / "screening" / "summary.json").read_text())
+    assert s["strength"] == 0.02 and s["dose_mode"] == "equal-kl"
+    acc = s["dose_accuracy"]
+    assert acc["mode"] == "equal-kl" and acc["context_set"] == "fresh"
+    assert acc["features"]["n"] == 24 and acc["random"]["n"] == 4
+    assert acc["features"]["q10"] <= acc["features"]["median"] <= acc["features"]["q90"]
+    assert 0.2 < acc["features"]["median"] < 5  # near-linear at a small KL
+    p = Predictor.load(equal_fitted["res"].predictor_path)
+    assert p.dose["target_kl"] == 0.02 and p.dose["strength"] > 0
+    rep = write_report(out)
+    html = rep.html.read_text()
+    assert "Dose accuracy" in html and "equal-kl" in html
+    assert "Dose accuracy" in (out / "summary.md").read_text()
+
+
+def test_fit_summary_reports_the_predicted_kl_at_one_dose(fitted) -> None:
+    s = json.loads((fitted["out"] / "screening" / "summary.json").read_text())
+    acc = s["dose_accuracy"]
+    assert acc["mode"] == "predicted" and acc["features"]["n"] == 24 and acc["random"] is None
 
 
 def test_fit_needs_a_steer_stage(tmp_path) -> None:

@@ -77,7 +77,8 @@ def test_lin_pass_matches_a_per_direction_jvp(arch, norm, centre) -> None:
     loaded = make_loaded(arch, norm, centre)
     g = torch.Generator().manual_seed(3)
     dirs = torch.randn(4, D, generator=g)
-    got = pt.transported_pr(loaded, x, K, dirs * 3.0, 2.0, budget_elems=2 * n * 48)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    got = pt.transported_pr(loaded, x, K, dirs, 2.0, budget_elems=2 * n * 48)
     h = model.forward(ids, read=[hook], logits=False).acts[hook]
     for i in range(4):
         v = dirs[i] / dirs[i].norm()

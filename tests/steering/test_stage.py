@@ -228,3 +228,132 @@ def test_bad_feature_ids_fail_clearly(base) -> None:
     out = fresh_run(base, "badids")
     with pytest.raises(SteerscreenError, match="out of range"):
         steer(base, out, strengths=[0.5], feature_ids="3,999")
+
+
+# --- per-direction doses (--dose equal-kl) ------------------------------------------------------
+
+def test_per_direction_alphas_equal_one_scalar_run_per_alpha(base) -> None:
+    from steerscreen.steering.engine import SteeringEngine
+    from steerscreen.steering.sampling import random_directions
+
+    engine = SteeringEngine(base["model"], HOOK, base["down"], DOWN_HOOK, batch_rows=3)
+    ids = np.array(pl.read_parquet(base["stats_dir"] / "linear_contexts.parquet")
+                   ["token_ids"].to_list())[:3, :10]
+    cache = engine.clean(ids)
+    dirs = random_directions(3, base["model"].d_model, 5)
+    alphas = [0.7, 2.5, 4.0]
+    mixed = dict(engine.run(cache, dirs, alphas))
+    for k, a in enumerate(alphas):
+        one = dict(engine.run(cache, dirs, a))[k]
+        assert one.values.keys() == mixed[k].values.keys()
+        for name, v in one.values.items():
+            np.testing.assert_allclose(mixed[k].values[name], v, rtol=1e-6, atol=1e-9,
+                                       equal_nan=True, err_msg=name)
+        np.testing.assert_array_equal(mixed[k].targets, one.targets)
+    # The same alpha for every direction is the scalar run, bit for bit.
+    same = dict(engine.run(cache, dirs, [2.5] * 3))
+    scalar = dict(engine.run(cache, dirs, 2.5))
+    for k in range(3):
+        for name, v in scalar[k].values.items():
+            np.testing.assert_array_equal(same[k].values[name], v, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def equal(base) -> dict[str, Any]:
+    out = fresh_run(base, "equal-kl")
+    res = steer(base, out, dose="equal-kl", target_kl=0.01)
+    return {"out": out, "res": res, "outcomes": pl.read_parquet(out / RunDir.STEERING_OUTCOMES)}
+
+
+def test_equal_kl_rows_carry_their_own_alpha(base, equal) -> None:
+    from steerscreen.pipeline.linear import read_forms
+    from steerscreen.steering.sampling import random_directions
+
+    out, df = equal["out"], equal["outcomes"]
+    m = json.loads((out / RunDir.MANIFEST).read_text())
+    r = m["residual_norm"]
+    assert m["dose_mode"] == "equal-kl" and m["target_kl"] == 0.01
+    assert m["strengths"] == [0.01] and m["alpha"] == []
+    assert equal["res"].dose_mode == "equal-kl" and equal["res"].target_kl == 0.01
+    assert df.height == 6 * 2 and (df["target_kl"] == 0.01).all()
+    lin = pl.read_parquet(out / RunDir.FEATURE_STATS).sort("feature")["lin_kl"].to_numpy()
+    feats = df.filter(pl.col("direction") == "feature")
+    want = np.sqrt(0.01 / np.exp(lin[feats["feature"].to_numpy()]))
+    np.testing.assert_allclose(feats["alpha"].to_numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(df["strength"].to_numpy(), df["alpha"].to_numpy() / r,
+                               rtol=1e-12)
+    assert feats["alpha"].n_unique() > 1  # each feature its own dose
+    rand = df.filter((pl.col("direction") == "random") & (pl.col("context_set") == "steering"))
+    rate = read_forms(out / "linear_forms.safetensors").kl_rate(
+        random_directions(KW["random_directions"], base["model"].d_model, 0))
+    order = (-1 - rand["feature"].to_numpy())
+    np.testing.assert_allclose(rand["alpha"].to_numpy(), np.sqrt(0.01 / rate[order]),
+                               rtol=1e-12)
+    # base_pass in feature_dose_stats at each feature's own alpha.
+    dose = pl.read_parquet(out / stage_mod.DOSE_STATS).sort("feature")
+    np.testing.assert_allclose(dose["alpha"].to_numpy(), np.sqrt(0.01 / np.exp(lin)),
+                               rtol=1e-12)
+    # Measured KL near the target (tiny dose: near-linear).
+    kl = feats["effect_kl"].to_numpy()
+    assert np.all((kl > 0.01 / 5) & (kl < 0.01 * 5)), kl
+
+
+def test_equal_kl_row_equals_steering_that_feature_at_its_strength(base, equal) -> None:
+    df = equal["outcomes"].filter(pl.col("direction") == "feature")
+    row = df.filter(pl.col("context_set") == "steering").row(1, named=True)
+    out = fresh_run(base, "equal-kl-check")
+    steer(base, out, strengths=[row["strength"]], feature_ids=str(row["feature"]))
+    b = pl.read_parquet(out / RunDir.STEERING_OUTCOMES).filter(
+        (pl.col("feature") == row["feature"]) & (pl.col("context_set") == "steering"))
+    assert b.height == 1
+    np.testing.assert_allclose(b["alpha"][0], row["alpha"], rtol=1e-12)
+    for col in OUTCOME_COLUMNS:
+        np.testing.assert_allclose(b[col][0], row[col], rtol=1e-5, atol=1e-7, equal_nan=True,
+                                   err_msg=col)
+
+
+def test_equal_kl_resumes_after_an_interruption(base, equal, monkeypatch) -> None:
+    out = fresh_run(base, "equal-kl-resume")
+    real = shards.write_shard
+    calls = {"n": 0}
+
+    def dying(shard_dir, rows):
+        written = real(shard_dir, rows)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return written
+
+    monkeypatch.setattr(shards, "write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        steer(base, out, dose="equal-kl", target_kl=0.01)
+    monkeypatch.setattr(shards, "write_shard", real)
+    res = steer(base, out, dose="equal-kl", target_kl=0.01)
+    assert res.computed_directions == 12 - 4
+    a, b = equal["outcomes"], pl.read_parquet(out / RunDir.STEERING_OUTCOMES)
+    assert a.select(["feature", "context_set"]).rows() == b.select(
+        ["feature", "context_set"]).rows()
+    for col in ("strength", "alpha", *OUTCOME_COLUMNS):
+        np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy(), err_msg=col)
+    assert steer(base, out, dose="equal-kl", target_kl=0.01).skipped
+
+
+def test_equal_kl_refusals(base) -> None:
+    from steerscreen.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"takes no --strengths"):
+        SteerConfig(downstream_sae="x", dose="equal-kl", strengths=[0.5])
+    with pytest.raises(SpecError, match="unknown dose"):
+        SteerConfig(downstream_sae="x", dose="loud")
+    out = fresh_run(base, "equal-kl-nolin")
+    fs = pl.read_parquet(out / RunDir.FEATURE_STATS)
+    fs.with_columns(pl.lit(None, dtype=pl.Float64).alias("lin_kl")).write_parquet(
+        out / RunDir.FEATURE_STATS)
+    with pytest.raises(SteerscreenError, match="no finite lin_kl") as e:
+        steer(base, out, dose="equal-kl")
+    assert "--linear-contexts" in e.value.fix
+    out = fresh_run(base, "equal-kl-noforms")
+    (out / "linear_forms.safetensors").unlink()
+    with pytest.raises(SteerscreenError, match=r"no linear_forms\.safetensors"):
+        steer(base, out, dose="equal-kl")
+    assert not (out / RunDir.STEERING_OUTCOMES).exists()

@@ -37,6 +37,9 @@ DEFAULT_CORPUS = "embedded"
 ARCHS = ("topk", "relu", "jumprelu")
 Arch = Literal["topk", "relu", "jumprelu"]
 BACKENDS = ("local", "ray")
+EQUAL_KL = "equal-kl"
+DOSES = ("calibrated", EQUAL_KL)
+"""--dose: one s for every direction, or each direction at its own equal-KL alpha."""
 N_TARGETS = 8
 """|T_f|: downstream features counted as the intended effect (docs/method.md §3)."""
 N_OUT = 20
@@ -356,8 +359,13 @@ class SteerSettings(ClusterOptions):
     strengths: list[float] | None = flag("--strengths", None, parse="floats")
     """Strengths s (alpha = s x residual norm), comma-separated on the CLI; None = one
     calibrated s."""
+    dose: str = "calibrated"
+    """calibrated: one s for every direction (--strengths, or calibrated on random directions);
+    equal-kl: each direction at its own alpha = sqrt(target_kl / exp(lin_kl)) (needs the stats
+    stage's lin_kl)."""
     target_kl: float = 0.25
-    """Calibration: mean KL (nats) of random directions at the calibrated s."""
+    """Calibration: mean KL (nats) of random directions at the calibrated s; equal-kl: each
+    direction's predicted KL."""
     kl_tolerance: float = 0.05
     """Calibration: relative tolerance on target_kl."""
     calibration_contexts: int = 16
@@ -410,12 +418,18 @@ class SteerConfig(Record, SteerSettings):
         if self.fresh_contexts < 0 or self.calibration_contexts < 0 or self.features < 0:
             raise SpecError("--features, --fresh-contexts and --calibration-contexts cannot be "
                             "negative", "pass 0 or a positive number")
+        if self.dose not in DOSES:
+            raise SpecError(f"unknown dose {self.dose!r}",
+                            "pass --dose calibrated (one s for all) or --dose equal-kl")
+        if self.dose == EQUAL_KL and self.strengths is not None:
+            raise SpecError("--dose equal-kl sets each direction's own dose, so it takes no "
+                            "--strengths", "drop --strengths, or drop --dose equal-kl")
         if self.strengths is not None:
             bad = [s for s in self.strengths if not (math.isfinite(s) and s >= 0)]
             if not self.strengths or bad:
                 raise SpecError(f"strengths must be non-negative numbers, got {self.strengths}",
                                 "pass e.g. --strengths 0.25 or --strengths 0.125,0.25,0.5")
-        elif self.calibration_contexts < 1:
+        elif self.dose != EQUAL_KL and self.calibration_contexts < 1:
             raise SpecError("a calibrated dose needs calibration contexts",
                             "pass --calibration-contexts 16, or explicit --strengths")
         if not (self.target_kl > 0 and 0 < self.kl_tolerance < 1):
@@ -497,6 +511,8 @@ class ScreenConfig:
     """h' of S'."""
     pass_positions: int = hidden(256)
     """Clean positions at h' for base_pass."""
+    target_kl: float = 0.25
+    """KL (nats) of the predicted dose pred_alpha = sqrt(target_kl / exp(lin_kl))."""
     seed: int = 0
     """Seed of the stats pass."""
     device: str = "cpu"
@@ -508,6 +524,9 @@ class ScreenConfig:
     def __post_init__(self) -> None:
         check_seed(self.seed)
         positive(self, "tokens", "pass_positions")
+        if not (math.isfinite(self.target_kl) and self.target_kl > 0):
+            raise SpecError(f"target_kl must be a positive number, got {self.target_kl}",
+                            "pass e.g. --target-kl 0.25")
         check_hook(self.hook)
         check_hook(self.downstream_hook)
 
@@ -535,7 +554,8 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-__all__ = ["ARCHS", "BACKENDS", "DEFAULT_CORPUS", "DEFAULT_MODEL", "N_OUT", "N_TARGETS",
+__all__ = ["ARCHS", "BACKENDS", "DEFAULT_CORPUS", "DEFAULT_MODEL", "DOSES", "EQUAL_KL", "N_OUT",
+           "N_TARGETS",
            "N_TARGET_TOKENS", "Arch", "ClusterOptions", "FitConfig", "Record", "ScreenConfig",
            "StatsConfig", "StatsSettings", "SteerConfig", "SteerSettings", "TrainConfig",
            "TrainSettings", "field_docs", "flag", "hidden"]

@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 from threadpoolctl import threadpool_limits
 
 from steerscreen.config import FitConfig
 from steerscreen.errors import ArtifactError, SteerscreenError
 from steerscreen.files import sha256_file, write_json
 from steerscreen.layout import (
+    EQUAL_KL_MODE,
     FEATURE_DOSE_STATS,
     PREDICTOR,
     SCREENING,
@@ -40,6 +42,7 @@ from steerscreen.layout import (
     SUMMARY,
     RunLayout,
     analysed_strength,
+    dose_groups,
     screening_file,
 )
 from steerscreen.pipeline.runs import RunDir, environment
@@ -52,6 +55,7 @@ from steerscreen.screening.data import (
     screening_data,
     with_dose_stats,
 )
+from steerscreen.screening.dose_accuracy import dose_accuracy
 from steerscreen.screening.predictor import fit_predictor
 
 STAGE = "fit"
@@ -75,7 +79,7 @@ class FitResult:
 def load_screening_data(run: RunLayout, strength: float | None = None) -> ScreeningData:
     """A run's predictors and outcomes joined (``strength``: default the first positive one
     recorded, which is the calibrated dose when the dose was calibrated)."""
-    outcomes = run.read_table(RunDir.STEERING_OUTCOMES, OUTCOME_COLUMNS)
+    outcomes = dose_groups(run.read_table(RunDir.STEERING_OUTCOMES, OUTCOME_COLUMNS))
     if strength is None:
         recorded = sorted(set(outcomes["strength"].to_list()))
         strength = analysed_strength(run.read_manifest().get("strengths", recorded))
@@ -125,21 +129,32 @@ def run_fit(cfg: FitConfig, run_dir: str | Path, force: bool = False,
         # save on a few hundred rows (a tiny study's fit went 75 s -> a few s on 2 cores).
         with threadpool_limits(limits=1, user_api="openmp"):
             an = analyse(data, cfg)
-        summary, outputs = _write(run, cfg, data, an)
+        acc = dose_accuracy(run.read_table(RunDir.STEERING_OUTCOMES),
+                            run.read_table(RunDir.FEATURE_STATS), data.strength)
+        summary, outputs = _write(run, cfg, data, an, acc)
         run.complete_stage(STAGE, outputs=outputs, timings=st.total(),
                            results={"primary_endpoint": summary["primary_endpoint"],
                                     "verdicts": summary["verdicts"]})
         return FitResult(run, summary, st.timings["total"])
 
 
-def _write(run: RunDir, cfg: FitConfig, data: ScreeningData, an: Analysis
+def _write(run: RunDir, cfg: FitConfig, data: ScreeningData, an: Analysis,
+           dose_acc: dict[str, Any] | None = None
            ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """``screening/``: the tables, the predictor and the summary -> (summary, outputs)."""
     manifest = run.read_manifest()
     r = float(manifest.get("residual_norm", math.nan))
+    dose = {"strength": data.strength, "residual_norm": r, "alpha": data.strength * r}
+    if manifest.get("dose_mode") == EQUAL_KL_MODE:
+        # One dose label (target_kl); each feature had its own alpha: the predictor records
+        # the features' median s and alpha, and the target (screen's base_pass uses it).
+        rows = dose_groups(run.read_table(RunDir.STEERING_OUTCOMES)).filter(
+            (pl.col("direction") == "feature") & (pl.col("strength") == data.strength))
+        med = float(np.median(rows["alpha"].to_numpy())) if rows.height else math.nan
+        dose = {"strength": med / r, "residual_norm": r, "alpha": med,
+                "target_kl": float(manifest.get("target_kl", data.strength))}
     predictor = fit_predictor(
-        data, an.residuals, level=cfg.conformal_level,
-        dose={"strength": data.strength, "residual_norm": r, "alpha": data.strength * r},
+        data, an.residuals, level=cfg.conformal_level, dose=dose,
         trained_on={"run": str(run.path), "model": manifest.get("model", {}).get("spec"),
                     "sae": manifest.get("sae_path"), "hook": manifest.get("hook"),
                     "downstream_hook": manifest.get("downstream_hook"),
@@ -152,6 +167,7 @@ def _write(run: RunDir, cfg: FitConfig, data: ScreeningData, an: Analysis
                for name, df in tables.items()}
     predictor.save(run.claim(screening_file(PREDICTOR)))
     summary = jsonable({**an.summary, "predictor": PREDICTOR,
+                        "dose_mode": manifest.get("dose_mode"), "dose_accuracy": dose_acc,
                         "conformal_q": {k: m.conformal_q for k, m in predictor.models.items()},
                         "environment": environment()})
     write_json(run.claim(screening_file(SUMMARY)), summary)

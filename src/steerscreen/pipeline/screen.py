@@ -4,7 +4,10 @@
 strength, so the dose-dependent columns match), adds ``base_pass`` when the predictor uses it
 (:func:`~steerscreen.pipeline.steer.base_pass`, the steer stage's own computation), applies the
 predictor and writes ``screen.parquet`` and ``screen.csv``: every feature ranked by predicted
-cleanliness (dead features last), with intervals and drivers.
+cleanliness (dead features last), with intervals and drivers, and the predicted dose
+(docs/method.md §2): ``pred_alpha = sqrt(target_kl / exp(lin_kl))``, the alpha that should cost
+``target_kl`` nats of KL (the stats pass's linear response), and ``pred_strength = pred_alpha / r``
+(NaN where lin_kl is, e.g. a stats pass with ``--linear-contexts 0``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import polars as pl
 
 from steerscreen.config import StatsConfig
 from steerscreen.errors import SpecError
-from steerscreen.layout import SCREEN_CSV, SCREEN_TABLE
+from steerscreen.layout import SCREEN_CSV, SCREEN_TABLE, equal_kl_alpha
 from steerscreen.models import HookedModel
 from steerscreen.pipeline.runs import RunDir
 from steerscreen.pipeline.stats import run_stats
@@ -38,9 +41,11 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
                downstream_sae: str | None = None, downstream_hook: str | None = None,
                pass_positions: int = 256, force: bool = False,
                log: Callable[[str], None] | None = None, model: HookedModel | None = None,
-               sae: LoadedSAE | None = None, down: LoadedSAE | None = None) -> ScreenResult:
+               sae: LoadedSAE | None = None, down: LoadedSAE | None = None,
+               target_kl: float = 0.25) -> ScreenResult:
     """Stats pass for ``stats_cfg`` into ``out`` (at the predictor's strength), then rank.
 
+    ``target_kl``: the KL of the predicted dose columns (``pred_alpha``, ``pred_strength``).
     ``model`` / ``sae`` / ``down``: already-loaded objects instead of the specs (tests)."""
     predictor = Predictor.load(predictor_path)
     for name in (SCREEN_TABLE, SCREEN_CSV):  # before the stats pass, not after it
@@ -61,11 +66,23 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
                     progress=log is not None)
     run = RunDir(out)
     stats = run.read_table(RunDir.FEATURE_STATS)
+    r = float(res.residual_norm)
+    lin = (stats["lin_kl"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+           if "lin_kl" in stats.columns else np.full(stats.height, np.nan))
     if needs_pass:
-        cols = _pass_columns(stats_cfg, downstream_sae, downstream_hook, s * res.residual_norm,
-                             pass_positions, model, sae, down, uses)
+        alpha = s * r
+        scale = None
+        if "target_kl" in predictor.dose:  # trained at the equal-KL dose: each at its own
+            own = equal_kl_alpha(float(predictor.dose["target_kl"]), np.exp(lin))
+            scale = np.where(np.isfinite(own), own / alpha, 1.0)
+        cols = _pass_columns(stats_cfg, downstream_sae, downstream_hook, alpha, pass_positions,
+                             model, sae, down, uses, scale)
         stats = stats.with_columns([pl.Series(k, v) for k, v in cols.items()])
     ranked = predictor.predict(stats)
+    pred_alpha = equal_kl_alpha(target_kl, np.exp(lin))
+    ranked = ranked.join(pl.DataFrame({
+        "feature": stats["feature"], "pred_alpha": pred_alpha, "pred_strength": pred_alpha / r,
+        "target_kl": np.full(stats.height, float(target_kl))}), on="feature", how="left")
     flat = [o for o, m in predictor.models.items() if m.alpha is None]
     if flat and log is not None:
         log(f"note: the predictor found no signal for {', '.join(flat)} (its ridge chose the "
@@ -94,7 +111,8 @@ def _check_downstream(spec: str, hook: str | None, model_spec: str,
 
 def _pass_columns(cfg: StatsConfig, down_spec: str | None, down_hook: str | None, alpha: float,
                   positions: int, model: HookedModel | None, sae: LoadedSAE | None,
-                  down: LoadedSAE | None, names: list[str]) -> dict[str, np.ndarray]:
+                  down: LoadedSAE | None, names: list[str], scale_F: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
     """``base_pass`` and/or ``lin_pass`` (``names``), as the steer stage computes them."""
     from steerscreen.corpus import load_corpus
     from steerscreen.models import load_model
@@ -108,10 +126,12 @@ def _pass_columns(cfg: StatsConfig, down_spec: str | None, down_hook: str | None
     corpus = load_corpus(cfg.corpus)
     out = {}
     if "base_pass" in names:
-        out["base_pass"] = base_pass(model, sae, down, dhp, cfg, corpus, positions, alpha)
+        out["base_pass"] = base_pass(model, sae, down, dhp, cfg, corpus, positions, alpha,
+                                     scale_F=scale_F)
     if "lin_pass" in names:
         hp = validate_pairing(sae, model, cfg.hook)
-        out["lin_pass"] = lin_pass(model, sae, hp, down, dhp, cfg, corpus, positions, alpha)
+        out["lin_pass"] = lin_pass(model, sae, hp, down, dhp, cfg, corpus, positions, alpha,
+                                   scale_F=scale_F)
     return out
 
 
@@ -122,14 +142,19 @@ def print_screen(res: ScreenResult, top: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"cleanest {min(top, res.table.height)} of {res.table.height} features")
+    kl = res.table["target_kl"][0] if "target_kl" in res.table.columns and res.table.height \
+        else None
+    dose_col = f"strength (KL {kl:g})" if kl is not None else "strength"
     for col in ("rank", "feature", "cleanliness", "90% interval", "stability", "spread",
-                "drivers"):
+                dose_col, "drivers"):
         table.add_column(col)
     for r in res.table.head(top).iter_rows(named=True):
+        s = r.get("pred_strength")
+        dose = f"{s:.3g}" if s is not None and np.isfinite(s) else "–"
         table.add_row(str(r["rank"]), str(r["feature"]), f"{r['pred_cleanliness']:+.2f}",
                       f"[{r['pred_cleanliness_lo']:+.2f}, {r['pred_cleanliness_hi']:+.2f}]",
                       f"{r['pred_effect_stability']:.3f}", f"{r['pred_collateral_spread']:.2f}",
-                      escape(r["drivers"]))
+                      dose, escape(r["drivers"]))
     Console().print(table)
 
 

@@ -21,7 +21,7 @@ the folder and drops the shard record (``RunDir.complete_stage``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,32 @@ _KEY = ["feature", "strength_index", "context_set"]
 
 def shard_rows(engine: SteeringEngine, cache: CleanCache, context_set: str,
                dirs_KD: torch.Tensor, ids: np.ndarray, strength: float, strength_index: int,
-               alpha: float, per_shard: int, advance: Callable[[int], None] | None = None
-               ) -> Iterator[list[dict[str, Any]]]:
+               alpha: float | Sequence[float], per_shard: int,
+               advance: Callable[[int], None] | None = None, *, r: float | None = None,
+               target_kl: float | None = None) -> Iterator[list[dict[str, Any]]]:
     """Steer ``dirs_KD`` (feature ids ``ids``; random directions < 0) on ``cache``'s contexts
     (the set ``context_set``) -> the outcome rows, ``per_shard`` directions per yielded list
-    (a shard's rows)."""
+    (a shard's rows).
+
+    ``alpha`` one per direction (``--dose equal-kl``, with the residual norm ``r`` and the
+    ``target_kl``): each row records its own alpha, its own strength ``alpha / r`` and the
+    ``target_kl`` (the dose's label, :func:`steerscreen.layout.dose_groups`)."""
+    per_dir = not isinstance(alpha, int | float)
+    if per_dir and (r is None or target_kl is None):
+        raise ValueError("per-direction alphas need the residual norm r and the target_kl")
     rows: list[dict[str, Any]] = []
     for k, out in engine.run(cache, dirs_KD, alpha, progress=advance):
         d = int(ids[k])
+        a = float(alpha[k]) if per_dir else float(alpha)  # type: ignore[index,arg-type]
+        dose = ({"strength": a / r, "alpha": a, "target_kl": float(target_kl)}  # type: ignore
+                if per_dir else {"strength": float(strength), "alpha": a})
         rows.append({"feature": d, "direction": "feature" if d >= 0 else "random",
-                     "strength": float(strength), "strength_index": strength_index,
-                     "alpha": float(alpha), "context_set": context_set,
+                     "strength": dose["strength"], "strength_index": strength_index,
+                     "alpha": dose["alpha"], "context_set": context_set,
                      "n_contexts": cache.n_contexts, **out.values,
                      "downstream_targets": out.targets.astype(np.int64).tolist(),
-                     "gram": out.gram.reshape(-1).tolist()})
+                     "gram": out.gram.reshape(-1).tolist(),
+                     **({"target_kl": dose["target_kl"]} if per_dir else {})})
         if len(rows) >= per_shard:
             yield rows
             rows = []
@@ -152,6 +164,8 @@ def gather(shard_dir: Path, ids: np.ndarray, strengths: list[float], sets: list[
                               {s: i for i, s in enumerate(sets)}).alias("_s"))
           .sort(["_s", "strength_index", "_o"]).drop(["_o", "_s"]))
     key = ["feature", "direction", "strength", "alpha", "context_set", "n_contexts"]
+    if "target_kl" in df.columns:  # --dose equal-kl: the dose's label, beside each own s
+        key.append("target_kl")
     outcomes = df.select([*key, *OUTCOME_COLUMNS, "downstream_targets"])
     gram = df.select(["feature", "direction", "strength", "context_set", "n_contexts", "gram"])
     return outcomes, gram

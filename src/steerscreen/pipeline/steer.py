@@ -44,10 +44,17 @@ import polars as pl
 import torch
 
 from steerscreen.config import StatsConfig, SteerConfig
+from steerscreen.config.stages import EQUAL_KL
 from steerscreen.corpus import Contexts, Corpus, load_corpus
 from steerscreen.errors import SpecError, SteerscreenError
 from steerscreen.files import sha256_file, sha256_json
-from steerscreen.layout import FEATURE_DOSE_STATS, STEER_SHARDS, analysed_strength
+from steerscreen.layout import (
+    FEATURE_DOSE_STATS,
+    LINEAR_FORMS,
+    STEER_SHARDS,
+    analysed_strength,
+    equal_kl_alpha,
+)
 from steerscreen.memory import check_fits
 from steerscreen.models import HookedModel, HookPoint, load_model, model_sha256
 from steerscreen.models.shape import read_model_shape
@@ -88,6 +95,12 @@ class SteerResult(StageResult):
     residual_norm: float
     computed_directions: int
     """(direction, strength, set) triples computed by this call (0 when all were resumed)."""
+    dose_mode: str = "calibrated"
+    """calibrated, fixed (explicit strengths) or equal-kl (``strengths`` then holds the dose's
+    label, target_kl, and ``alpha`` is empty: each direction has its own)."""
+    target_kl: float | None = None
+    alpha_range: dict[str, float] | None = None
+    """equal-kl: min, median and max of the steered directions' own alpha."""
 
     @property
     def outcomes_path(self) -> Path:
@@ -154,6 +167,8 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
         n_features = (stats.get("results") or {}).get("n_features")
         check_steer(cfg, stats, int(n_features) if n_features is not None else
                     st.run.read_table(RunDir.FEATURE_STATS).height, model=model, down=down)
+        if cfg.dose == EQUAL_KL:
+            check_equal_kl(st.run)
         st.cluster(cfg, cfg.device)
         inp = st.timed("load", lambda: _load(cfg, st.run, stats, model, sae, down))
         check = st.check(inp.hashes)
@@ -169,7 +184,8 @@ def run_steer(cfg: SteerConfig, run_dir: str | Path, force: bool = False, *,
             calibrations if calibrations is not None else {},
             _calibration_key(cfg, inp.hashes["model_sha256"], inp.hook.name, work.r,
                              work.sets)))
-        work.strengths = [cal.strength] if cal is not None else list(cfg.strengths or [])
+        work.strengths = ([cal.strength] if cal is not None else list(cfg.strengths)
+                          if cfg.strengths is not None else [cfg.target_kl])  # equal-kl: label
         dose_info = st.timed("dose_stats", lambda: _dose_stats(cfg, st.run, inp, work))
         with st.span("steer"):
             computed = _steer(st, cfg, engine, inp, work, progress)
@@ -203,6 +219,8 @@ class _Work:
     strengths: list[float] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
     """Rows per forward, per context set (recorded, so a resume batches alike)."""
+    alphas: np.ndarray | None = None
+    """--dose equal-kl: each direction's own alpha (rows of ``dirs``); None: s * r."""
 
 
 def _load(cfg: SteerConfig, run: RunDir, stats: dict[str, Any], model: HookedModel | None,
@@ -222,6 +240,8 @@ def _load(cfg: SteerConfig, run: RunDir, stats: dict[str, Any], model: HookedMod
               "downstream_sae_sha256": down.sha256, "corpus_sha256": corpus.sha256,
               "hook": hp.name, "downstream_hook": dhp.name,
               "feature_stats_sha256": stats["outputs"][RunDir.FEATURE_STATS]["sha256"]}
+    if cfg.dose == EQUAL_KL:  # the random directions' doses come from the forms
+        hashes["linear_forms_sha256"] = (stats["outputs"].get(LINEAR_FORMS) or {}).get("sha256")
     return _Inputs(corpus, model, sae, hp, down, dhp, sc, hashes)
 
 
@@ -238,7 +258,8 @@ def _prepare(st: StageRun, cfg: SteerConfig, inp: _Inputs, check: StageCheck) ->
     model = inp.model
     sets = context_sets(inp.corpus, model.tokenize, model.bos_id, context_len=cfg.context_len,
                         n_steering=cfg.contexts, n_fresh=cfg.fresh_contexts,
-                        n_calibration=cfg.calibration_contexts if cfg.strengths is None else 0,
+                        n_calibration=cfg.calibration_contexts
+                        if cfg.strengths is None and cfg.dose != EQUAL_KL else 0,
                         seed=cfg.seed)
     table = st.run.read_table(RunDir.FEATURE_STATS, ("feature", "dead", "base_freq"))
     feats = _features(cfg, table, inp.sae.d_sae)
@@ -250,6 +271,8 @@ def _prepare(st: StageRun, cfg: SteerConfig, inp: _Inputs, check: StageCheck) ->
     ids = np.concatenate([feats, -1 - np.arange(cfg.random_directions)])
     work = _Work(sets, feats, dirs, ids, float(st.run.read_manifest()["residual_norm"]),
                  shard_dir, {})
+    if cfg.dose == EQUAL_KL:
+        work.alphas = _equal_kl_alphas(st.run, feats, dirs[len(feats):], cfg.target_kl)
     if continuing:
         st.run.discard_temp_files()
         work.recorded, notes = shards.reconcile(shard_dir, rec.get("shards") or {})
@@ -301,10 +324,11 @@ def _steer(st: StageRun, cfg: SteerConfig, engine: SteeringEngine, inp: _Inputs,
     # The recorded size unless the user set one: free memory may differ after a restart.
     batch_rows = {name: cfg.batch_rows or work.sizes.get(name) for name in work.sets}
     args = (work.sets, todo, work.dirs, work.ids, work.strengths, work.r)
+    target_kl = cfg.target_kl if work.alphas is not None else None
     with progress(show, n_rows, label="steering", unit="rows") as advance:
         if cfg.backend != "ray":
             return _steer_local(cfg, engine, *args, batch_rows, record_rows, save_shard,
-                                advance)
+                                advance, work.alphas, target_kl)
         sc = inp.stats_config
         setup = steer_ray.Setup(
             model=sc["model"], dtype=sc.get("dtype", "float32"), device=cfg.device,
@@ -314,7 +338,7 @@ def _steer(st: StageRun, cfg: SteerConfig, engine: SteeringEngine, inp: _Inputs,
             n_targets=cfg.n_targets, n_out=cfg.n_out, n_target_tokens=cfg.n_target_tokens,
             task_cpus=cfg.task_cpus)
         return steer_ray.ray_steer(cfg, setup, *args, cfg.shard_directions, batch_rows,
-                                   record_rows, save_shard, advance)
+                                   record_rows, save_shard, advance, work.alphas, target_kl)
 
 
 def _finish(st: StageRun, cfg: SteerConfig, inp: _Inputs, work: _Work,
@@ -328,16 +352,22 @@ def _finish(st: StageRun, cfg: SteerConfig, inp: _Inputs, work: _Work,
             RunDir.STEERING_GRAM: st.run.write_table(RunDir.STEERING_GRAM, gram),
             RunDir.CONTEXTS: {"sha256": sha256_file(st.run.file(RunDir.CONTEXTS))},
             DOSE_STATS: {"sha256": sha256_file(st.run.file(DOSE_STATS))}}
-    alphas = [s * work.r for s in work.strengths]
+    mode = EQUAL_KL if work.alphas is not None else "calibrated" if cal is not None else "fixed"
+    # equal-kl: strengths holds the dose's label (target_kl), each row its own s and alpha.
+    alphas = [] if work.alphas is not None else [s * work.r for s in work.strengths]
+    dose: dict[str, Any] = {"dose_mode": mode}
+    if work.alphas is not None:
+        a = work.alphas
+        dose |= {"target_kl": cfg.target_kl, "alpha_range": {
+            "min": float(a.min()), "median": float(np.median(a)), "max": float(a.max())}}
     results = {"n_features": len(work.features), "n_random": cfg.random_directions,
                "features": work.features.tolist(), "strengths": work.strengths,
                "alpha": alphas, "residual_norm": work.r, "n_rows": outcomes.height,
                "computed": computed, "rows_per_forward": work.sizes, "runtime": cfg.describe(),
-               "calibration": _cal_record(cal), "dose_stats": dose_info}
+               "calibration": _cal_record(cal), "dose_stats": dose_info, **dose}
     record = st.run.complete_stage(STAGE, outputs=outputs, timings=st.total(), results=results,
                                    extra={
-        "dose_mode": "calibrated" if cal is not None else "fixed",
-        "strengths": work.strengths, "alpha": alphas, "residual_norm": work.r,
+        **dose, "strengths": work.strengths, "alpha": alphas, "residual_norm": work.r,
         "hook": inp.hook.name, "downstream_hook": inp.down_hook.name,
     })["stages"][STAGE]
     shutil.rmtree(work.shard_dir, ignore_errors=True)
@@ -377,7 +407,7 @@ def _calibration_key(cfg: SteerConfig, model_sha: str, hook: str, r: float,
 def _dose(cfg: SteerConfig, run: RunDir, engine: SteeringEngine, sets: dict[str, Contexts],
           r: float, d_model: int, say: Callable[[str], None],
           calibrations: dict[str, Calibration], key: str) -> Calibration | None:
-    if cfg.strengths is not None:
+    if cfg.strengths is not None or cfg.dose == EQUAL_KL:
         return None
     rec = (run.stage(STAGE) or {}).get("calibration")
     if rec is not None:  # resumed: the calibration is part of the recorded stage
@@ -399,63 +429,132 @@ def _dose(cfg: SteerConfig, run: RunDir, engine: SteeringEngine, sets: dict[str,
     return cal
 
 
+def _lin_kl(run: RunDir) -> np.ndarray:
+    """feature_stats' lin_kl (NaN for every feature when the column is missing)."""
+    table = run.read_table(RunDir.FEATURE_STATS)
+    if "lin_kl" not in table.columns:
+        return np.full(table.height, np.nan)
+    return table["lin_kl"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+
+
+def check_equal_kl(run: RunDir) -> None:
+    """--dose equal-kl needs the stats stage's linear response: a finite lin_kl and the
+    linear_forms (the random directions' dose)."""
+    lin = _lin_kl(run)
+    if not np.isfinite(lin).any() or not run.file(LINEAR_FORMS).is_file():
+        what = ("no finite lin_kl" if not np.isfinite(lin).any()
+                else f"no {LINEAR_FORMS}")
+        raise SteerscreenError(
+            f"--dose equal-kl needs the stats stage's linear response, but "
+            f"{str(run.path)!r} has {what} (a stats stage run with --linear-contexts 0, or "
+            "by an older steerscreen)",
+            f"rerun `steerscreen stats --out {run.path} ... --linear-contexts 16 --force`, or "
+            "steer with --dose calibrated")
+
+
+def _equal_kl_alphas(run: RunDir, features: np.ndarray, random_RD: torch.Tensor,
+                     target_kl: float) -> np.ndarray:
+    """Each steered direction's own ``alpha = sqrt(target_kl / exp(lin_kl))``: the features'
+    from feature_stats, the random directions' from linear_forms (features first, as in
+    ``_Work.dirs``)."""
+    from steerscreen.pipeline.linear import read_forms
+
+    lin = _lin_kl(run)[features]
+    bad = features[~np.isfinite(lin)]
+    if bad.size:
+        raise SteerscreenError(
+            f"--dose equal-kl: {bad.size} of the steered features have no finite lin_kl "
+            f"(feature(s) {', '.join(str(int(f)) for f in bad[:8])})",
+            "pass --feature-ids without them, or steer with --dose calibrated")
+    rate = (read_forms(run.file(LINEAR_FORMS)).kl_rate(random_RD) if random_RD.shape[0]
+            else np.zeros(0))
+    alphas = np.concatenate([equal_kl_alpha(target_kl, np.exp(lin)),
+                             equal_kl_alpha(target_kl, rate)])
+    if not np.isfinite(alphas).all():
+        raise SteerscreenError(
+            "--dose equal-kl: some random directions have no positive predicted KL in "
+            f"{str(run.file(LINEAR_FORMS))!r}",
+            f"rerun `steerscreen stats --out {run.path} ... --force`, or steer with "
+            "--dose calibrated")
+    return alphas
+
+
 def base_pass(model: HookedModel, sae: LoadedSAE, down: LoadedSAE, down_hook: HookPoint,
-              stats_cfg: StatsConfig, corpus: Corpus, positions: int, alpha: float
-              ) -> np.ndarray:
+              stats_cfg: StatsConfig, corpus: Corpus, positions: int, alpha: float,
+              scale_F: np.ndarray | None = None) -> np.ndarray:
     """``base_pass`` of every feature of ``sae`` (docs/method.md §1): the passthrough response
-    of S' to ``alpha v_f`` added at h', on ``positions`` clean stats-split positions."""
+    of S' to ``alpha v_f`` added at h', on ``positions`` clean stats-split positions
+    (``scale_F``: feature f at ``alpha * scale_F[f]`` instead, the equal-KL dose)."""
     scfg = StatsConfig(**{**asdict(stats_cfg), "tokens": positions})
     ctx, _ = stats_contexts(scfg, corpus, model)
     ids = torch.as_tensor(ctx.token_ids, device=model.device)
     x = model.forward(ids, read=[down_hook], logits=False).acts[down_hook.name][:, 1:]
     x = x.reshape(-1, x.shape[-1])[:positions].float()
-    return passthrough_pr(down, x, unit_rows(sae.sae.W_dec.detach().float()), alpha)
+    v = unit_rows(sae.sae.W_dec.detach().float())
+    if scale_F is not None:
+        v = v * torch.as_tensor(scale_F, dtype=torch.float32, device=v.device).unsqueeze(1)
+    return passthrough_pr(down, x, v, alpha)
 
 
 def lin_pass(model: HookedModel, sae: LoadedSAE, hook: HookPoint, down: LoadedSAE,
              down_hook: HookPoint, stats_cfg: StatsConfig, corpus: Corpus, positions: int,
-             alpha: float) -> np.ndarray:
+             alpha: float, scale_F: np.ndarray | None = None) -> np.ndarray:
     """``lin_pass`` of every feature of ``sae`` (docs/method.md §1): ``base_pass`` on the same
-    clean positions with ``v_f`` transported from h to h' by the clean Jacobian."""
+    clean positions with ``v_f`` transported from h to h' by the clean Jacobian (``scale_F``:
+    each feature's dose as a multiple of ``alpha``, as :func:`base_pass`)."""
     scfg = StatsConfig(**{**asdict(stats_cfg), "tokens": positions})
     ctx, _ = stats_contexts(scfg, corpus, model)
     x, K = downstream_tangents(model, hook, down_hook, ctx.token_ids)
     x = x.reshape(-1, x.shape[-1])[:positions]
     K = K.reshape(-1, *K.shape[2:])[:positions]
-    return transported_pr(down, x, K, sae.sae.W_dec.detach().float(), alpha)
+    v = unit_rows(sae.sae.W_dec.detach().float())
+    if scale_F is not None:
+        v = v * torch.as_tensor(scale_F, dtype=torch.float32, device=v.device).unsqueeze(1)
+    return transported_pr(down, x, K, v, alpha)
 
 
 def _dose_stats(cfg: SteerConfig, run: RunDir, inp: _Inputs, work: _Work) -> dict[str, Any]:
-    """``feature_dose_stats.parquet``: base_pass and the dose-dependent logit diagnostics for
-    every feature of S at the analysed strength (skipped when a resumed run already wrote
-    them)."""
-    s = analysed_strength(work.strengths)
-    strength = work.strengths[0] if s is None else s  # the fit's default, never s = 0
-    alpha = strength * work.r
+    """``feature_dose_stats.parquet``: base_pass, lin_pass and the dose-dependent logit
+    diagnostics for every feature of S at the analysed strength (skipped when a resumed run
+    already wrote them)."""
+    f = inp.sae.d_sae
+    if work.alphas is not None:
+        # equal-kl: base_pass at each feature's own alpha (features without a finite lin_kl
+        # at the steered features' median); the logit diagnostics at that median.
+        own = equal_kl_alpha(cfg.target_kl, np.exp(_lin_kl(run)))
+        alpha = float(np.median(work.alphas[:len(work.features)]))
+        alpha_F = np.where(np.isfinite(own), own, alpha)
+    else:
+        s = analysed_strength(work.strengths)
+        strength = work.strengths[0] if s is None else s  # the fit's default, never s = 0
+        alpha = strength * work.r
+        alpha_F = np.full(f, alpha)
+    strength = alpha / work.r
     path = run.file(DOSE_STATS)
     if path.is_file():
         try:
             old = pl.read_parquet(path)
-            if old.height == inp.sae.d_sae and float(old["alpha"][0]) == alpha:
+            if old.height == f and np.array_equal(old["alpha"].to_numpy(), alpha_F):
                 return {"alpha": alpha, "strength": strength, "reused": True}
         except Exception:  # a damaged file is recomputed
             pass
     bp = base_pass(inp.model, inp.sae, inp.down, inp.down_hook,
-                   StatsConfig(**inp.stats_config), inp.corpus, cfg.pass_positions, alpha)
+                   StatsConfig(**inp.stats_config), inp.corpus, cfg.pass_positions, alpha,
+                   scale_F=None if work.alphas is None else alpha_F / alpha)
     lp = lin_pass(inp.model, inp.sae, inp.hook, inp.down, inp.down_hook,
-                  StatsConfig(**inp.stats_config), inp.corpus, cfg.pass_positions, alpha)
+                  StatsConfig(**inp.stats_config), inp.corpus, cfg.pass_positions, alpha,
+                  scale_F=None if work.alphas is None else alpha_F / alpha)
     sigma_fin = float(run.read_manifest()["sigma_fin"])
     lc = logit_columns(inp.sae.sae.W_dec.detach().float(), inp.model.unembed(), alpha=alpha,
                        sigma_fin=sigma_fin)
-    f = inp.sae.d_sae
     run.write_table(DOSE_STATS, pl.DataFrame({
         "feature": np.arange(f, dtype=np.int64), "base_pass": bp, "lin_pass": lp,
         "logit_entropy": lc.dose["logit_entropy"],
         "logit_top10_mass": lc.dose["logit_top10_mass"],
-        "strength": np.full(f, strength), "alpha": np.full(f, alpha)}))
+        "strength": alpha_F / work.r, "alpha": alpha_F}))
     return {"alpha": alpha, "strength": strength, "positions": cfg.pass_positions,
             "sigma_fin": sigma_fin, "fast_path": split_encoder(inp.down) is not None,
-            "reused": False}
+            "reused": False, **({"per_feature": True} if work.alphas is not None else {})}
 
 
 def _cal_record(cal: Calibration | None) -> dict[str, Any] | None:
@@ -468,8 +567,10 @@ def _steer_local(cfg: SteerConfig, engine: SteeringEngine, sets: dict[str, Conte
                  strengths: list[float], r: float, batch_rows: dict[str, int | None],
                  record_rows: Callable[[str, int], None],
                  save: Callable[[list[dict[str, Any]]], None],
-                 advance: Callable[[int], None]) -> int:
-    """Steer every ``todo`` direction in this process, set by set -> directions computed."""
+                 advance: Callable[[int], None], alphas: np.ndarray | None = None,
+                 target_kl: float | None = None) -> int:
+    """Steer every ``todo`` direction in this process, set by set -> directions computed
+    (``alphas``: each direction's own, --dose equal-kl; else ``s * r``)."""
     computed = 0
     for name in SETS:
         if name not in sets or not any(todo[(name, si)] for si in range(len(strengths))):
@@ -480,8 +581,10 @@ def _steer_local(cfg: SteerConfig, engine: SteeringEngine, sets: dict[str, Conte
             idx = todo[(name, si)]
             if not idx:
                 continue
+            alpha = s * r if alphas is None else [float(a) for a in alphas[idx]]
             for rows in shards.shard_rows(engine, cache, name, dirs[idx], ids[idx], s, si,
-                                          s * r, cfg.shard_directions, advance):
+                                          alpha, cfg.shard_directions, advance,
+                                          r=r, target_kl=target_kl):
                 save(rows)
                 computed += len(rows)
         del cache
@@ -505,9 +608,12 @@ def _result(run: RunDir, record: dict[str, Any], *, skipped: bool) -> SteerResul
                        strengths=list(res.get("strengths", [])), alpha=list(res.get("alpha", [])),
                        residual_norm=float(res.get("residual_norm", math.nan)),
                        computed_directions=0 if skipped else int(res.get("computed", 0)),
+                       dose_mode=str(res.get("dose_mode") or ("calibrated" if res.get(
+                           "calibration") else "fixed")),
+                       target_kl=res.get("target_kl"), alpha_range=res.get("alpha_range"),
                        seconds=float(tim.get("total", math.nan)),
                        timings={k: float(v) for k, v in tim.items()})
 
 
-__all__ = ["SteerConfig", "SteerResult", "base_pass", "check_steer", "check_steer_inputs",
-           "contexts_frame", "lin_pass", "run_steer"]
+__all__ = ["SteerConfig", "SteerResult", "base_pass", "check_equal_kl", "check_steer",
+           "check_steer_inputs", "contexts_frame", "lin_pass", "run_steer"]

@@ -64,8 +64,11 @@ class SteerTask:
     ids: np.ndarray
     strength: float
     strength_index: int
-    alpha: float
+    alpha: float | tuple[float, ...]
+    """One dose, or one per direction (--dose equal-kl, with r and target_kl)."""
     per_shard: int
+    r: float | None = None
+    target_kl: float | None = None
 
 
 def steer_shard(task: SteerTask) -> list[dict[str, Any]]:
@@ -80,8 +83,8 @@ def steer_shard(task: SteerTask) -> list[dict[str, Any]]:
         worker["cache_key"] = key
     return [row for rows in shards.shard_rows(
         worker["engine"], worker["cache"], task.context_set, torch.tensor(task.dirs),
-        np.array(task.ids), task.strength, task.strength_index, task.alpha, task.per_shard)
-        for row in rows]
+        np.array(task.ids), task.strength, task.strength_index, task.alpha, task.per_shard,
+        r=task.r, target_kl=task.target_kl) for row in rows]
 
 
 def probe_rows(setup: Setup, sizes: list[tuple[int, int]]) -> list[int]:
@@ -119,8 +122,12 @@ def ray_steer(opts: cluster.ClusterOptions, setup: Setup, sets: dict[str, Contex
               strengths: list[float], r: float, per_shard: int,
               batch_rows: dict[str, int | None], record_rows: Callable[[str, int], None],
               save: Callable[[list[dict[str, Any]]], None],
-              advance: Callable[[int], None]) -> int:
+              advance: Callable[[int], None], alphas: np.ndarray | None = None,
+              target_kl: float | None = None) -> int:
     """Steer every ``todo`` direction as Ray tasks -> directions computed.
+
+    ``alphas``: each direction's own alpha (--dose equal-kl, one label strength) instead of
+    ``s * r``.
 
     ``batch_rows``: each set's rows per forward (given or recorded; None: probed on a worker),
     passed to ``record_rows`` before its first task; ``save`` gets each shard's rows."""
@@ -145,9 +152,14 @@ def ray_steer(opts: cluster.ClusterOptions, setup: Setup, sets: dict[str, Contex
                 idx = todo.get((n, si)) or []
                 for i0 in range(0, len(idx), per_shard):  # the local backend's shards
                     part = idx[i0:i0 + per_shard]
+                    alpha: float | tuple[float, ...] = (
+                        float(s) * r if alphas is None
+                        else tuple(float(a) for a in alphas[part]))
                     tasks.append(SteerTask(setup, n, ids_CT, rows[n],
                                            dirs[part].float().numpy(), ids[part], float(s),
-                                           si, float(s) * r, per_shard))
+                                           si, alpha, per_shard,
+                                           r=None if alphas is None else r,
+                                           target_kl=None if alphas is None else target_kl))
         computed = 0
 
         def on_result(i: int, out: list[dict[str, Any]]) -> None:

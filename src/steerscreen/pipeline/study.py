@@ -142,8 +142,15 @@ def _check_stages(cfg: StudyConfig, offline_ok: bool) -> None:
     for e in cfg.saes:
         head = headers[e.name]
         with _where(e, "stats"):
-            hp = check_stats(cfg.stats_config(head.spec if head else e.spec or "", e.hook),
-                             None, model=shape, sae=head)
+            scfg = cfg.stats_config(head.spec if head else e.spec or "", e.hook)
+            hp = check_stats(scfg, None, model=shape, sae=head)
+        if cfg.steer_config(down_spec, down.hook).dose == "equal-kl" and (
+                scfg.linear_contexts == 0):
+            from steerscreen.errors import SpecError
+
+            raise SpecError("[steer] dose = \"equal-kl\" needs the stats stage's linear "
+                            "response, but [stats] linear_contexts = 0",
+                            "set [stats] linear_contexts = 16, or [steer] dose = \"calibrated\"")
         if head is None:
             continue
         with _where(e, "steer"):

@@ -32,6 +32,7 @@ from steerscreen.layout import (
     SUMMARY,
     TRANSFER,
     analysed_strength,
+    dose_groups,
     screening_file,
 )
 from steerscreen.layout import FEATURE_DOSE_STATS as DOSE_STATS
@@ -53,7 +54,8 @@ class RunData:
     logit_tokens: pl.DataFrame | None
     """``feature_logit_tokens.parquet``: feature, rank, token_id, token, dl (stats stage)."""
     outcomes: pl.DataFrame | None
-    """``steering_outcomes.parquet`` (steer stage)."""
+    """``steering_outcomes.parquet`` (steer stage), ``strength`` as the analysis groups it
+    (equal-KL rows: their target_kl label, own s in ``row_strength``; ``dose_groups``)."""
     summary: dict[str, Any] | None
     """``screening/summary.json`` (fit stage)."""
     cv: pl.DataFrame | None
@@ -88,6 +90,17 @@ class RunData:
             recorded = sorted(set(self.outcomes["strength"].to_list()))
         chosen = analysed_strength(recorded)
         return chosen if chosen is not None else (recorded[0] if recorded else None)
+
+    @property
+    def equal_kl(self) -> bool:
+        """Steered with ``--dose equal-kl`` (each direction at its own alpha)."""
+        return self.manifest.get("dose_mode") == "equal-kl"
+
+    def dose_accuracy(self) -> dict[str, Any] | None:
+        """Measured KL against the target (equal-kl) or against alpha^2 exp(lin_kl)."""
+        from steerscreen.screening.dose_accuracy import dose_accuracy
+
+        return dose_accuracy(self.outcomes, self.stats, self.strength)
 
     @property
     def primary_set(self) -> str:
@@ -176,13 +189,18 @@ def load(path: str | Path) -> RunData | StudyData:
         "`steerscreen run`)")
 
 
+def _outcomes(run: RunDir) -> pl.DataFrame | None:
+    df = _table(run, RunDir.STEERING_OUTCOMES)
+    return None if df is None else dose_groups(df)
+
+
 def load_run(path: str | Path, name: str | None = None) -> RunData:
     run = RunDir(path)
     screening = run.file(SCREENING)
     return RunData(
         name=name or run.path.resolve().name, path=run.path, manifest=run.read_manifest(),
         stats=_table(run, RunDir.FEATURE_STATS), dose_stats=_table(run, DOSE_STATS),
-        logit_tokens=_table(run, LOGIT_TOKENS), outcomes=_table(run, RunDir.STEERING_OUTCOMES),
+        logit_tokens=_table(run, LOGIT_TOKENS), outcomes=_outcomes(run),
         summary=_json(screening / SUMMARY),
         cv=_table(run, screening_file("cv_metrics")),
         comparisons=_table(run, screening_file("comparisons")),

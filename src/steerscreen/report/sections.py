@@ -123,9 +123,16 @@ def facts(run: RunData) -> str:
         n_f = rows.filter(pl.col("direction") == "feature")["feature"].n_unique()
         n_r = rows.filter(pl.col("direction") == "random")["feature"].n_unique()
         parts.append(f"{n_f} steered features + {n_r} random directions")
-        alpha = rows["alpha"][0] if rows.height else None
-        parts.append(f"s = {num(run.strength)} (α = {num(alpha)}, {m.get('dose_mode', '?')} "
-                     "dose)")
+        if run.equal_kl:
+            feat = rows.filter(pl.col("direction") == "feature")
+            s = feat["row_strength"] if "row_strength" in feat.columns else feat["strength"]
+            parts.append(f"equal-KL dose: each direction at its own α, predicted KL "
+                         f"{num(m.get('target_kl', run.strength))} nats (feature s median "
+                         f"{num(_med(s.to_numpy().astype(float)))})")
+        else:
+            alpha = rows["alpha"][0] if rows.height else None
+            parts.append(f"s = {num(run.strength)} (α = {num(alpha)}, "
+                         f"{m.get('dose_mode', '?')} dose)")
     return " · ".join(parts)
 
 
@@ -317,7 +324,37 @@ def distributions_section(run: RunData, prefix: str = "") -> Section:
         trows.append((LABELS.get(col, col), _med(f), _med(r), above))
     t = table(("outcome", "feature median", "random median",
                "share of features above the random 95th percentile"), trows)
-    return section(prefix, "distributions", title, fig, t, plots=(plot,))
+    return section(prefix, "distributions", title, fig, t, *dose_accuracy_block(run),
+                   plots=(plot,))
+
+
+def dose_accuracy_lines(acc: dict[str, Any]) -> tuple[str, list[tuple[str, ...]]]:
+    """(intro, rows) of the dose-accuracy table (shared by the page and summary.md)."""
+    if acc["mode"] == "equal-kl":
+        intro = (f"Dose accuracy (--dose equal-kl): each direction was steered at its own "
+                 f"α = √(target_kl / exp(lin_kl)); measured effect_kl / target_kl "
+                 f"({num(acc.get('target_kl'))} nats) on {acc['context_set']} contexts.")
+    else:
+        intro = (f"Dose accuracy: measured effect_kl / predicted α² exp(lin_kl) at "
+                 f"s = {num(acc.get('strength'))}, on {acc['context_set']} contexts (how well "
+                 "the linear response predicts each feature's KL; --dose equal-kl steers every "
+                 "direction at its own predicted α).")
+    rows = []
+    for kind in ("features", "random"):
+        v = acc.get(kind)
+        if v:
+            rows.append((kind, num(v["median"]), f"{num(v['q10'])}–{num(v['q90'])}",
+                         str(v["n"])))
+    return intro, rows
+
+
+def dose_accuracy_block(run: RunData) -> list[Safe]:
+    acc = run.dose_accuracy()
+    if acc is None:
+        return []
+    intro, rows = dose_accuracy_lines(acc)
+    return [tag("h4", "Dose accuracy"), note(intro),
+            table(("directions", "median measured / predicted", "10–90% range", "n"), rows)]
 
 
 def _zero(x: float | None) -> float | None:

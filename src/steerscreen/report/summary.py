@@ -10,7 +10,7 @@ from steerscreen.report import headline as hl
 from steerscreen.report.headline import LABELS, Interval, Verdict, power_text
 from steerscreen.report.html import ci, num
 from steerscreen.report.load import RunData, StudyData
-from steerscreen.report.sections import facts
+from steerscreen.report.sections import dose_accuracy_lines, facts
 from steerscreen.report.study import per_run_rows
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#~])")  # "|" only matters in tables: _cell
@@ -84,6 +84,11 @@ def run_lines(run: RunData, figures: Sequence[Path], root: Path, level: str = "#
     if nc:
         lines += ["", "Noise ceiling (steering vs fresh contexts): " + "; ".join(
             f"{LABELS[o]} {_iv(iv, False)}" for o, iv in nc.items()) + "."]
+    acc = run.dose_accuracy()
+    if acc is not None:
+        intro, rows = dose_accuracy_lines(acc)
+        lines += ["", _md(intro) + " " + "; ".join(
+            f"{kind}: median {med} (10–90% {rng}, n = {n})" for kind, med, rng, n in rows) + "."]
     if figures:
         lines += ["", f"{level} Figures", ""]
         lines += [f"- {_code(f.relative_to(root))}" for f in figures]

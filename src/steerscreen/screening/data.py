@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from steerscreen.errors import ArtifactError
+from steerscreen.layout import dose_groups
 from steerscreen.stats.registry import COLUMNS, GROUPS, LINEAR_GROUP
 
 OUTCOMES = ("effect_stability", "collateral_spread", "cleanliness")
@@ -125,7 +126,9 @@ def with_dose_stats(stats: pl.DataFrame, dose: pl.DataFrame | None) -> pl.DataFr
 def screening_data(stats: pl.DataFrame, outcomes: pl.DataFrame, strength: float
                    ) -> ScreeningData:
     """Join predictors (``stats``, dose columns swapped in) and outcomes at ``strength``: one
-    row per steered feature, one column per outcome and context set."""
+    row per steered feature, one column per outcome and context set. Rows of an equal-KL
+    steer stage count as one dose, labelled by their target_kl (:func:`dose_groups`)."""
+    outcomes = dose_groups(outcomes)
     strengths = sorted(set(outcomes["strength"].to_list()))
     if strength not in strengths:
         raise ArtifactError(f"the run has no outcomes at strength {strength} (it has "

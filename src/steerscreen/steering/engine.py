@@ -27,7 +27,7 @@ out.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,14 +221,23 @@ class SteeringEngine:
         return logits, down
 
     @torch.no_grad()
-    def run(self, cache: CleanCache, dirs_KD: torch.Tensor, alpha: float,
+    def run(self, cache: CleanCache, dirs_KD: torch.Tensor, alpha: float | Sequence[float],
             progress: Callable[[int], None] | None = None
             ) -> Iterator[tuple[int, DirectionOutcome]]:
         """Steer every direction (unit rows of ``dirs_KD``) by ``alpha`` on every context of
-        ``cache``; yields ``(k, outcome)`` as each direction completes, in order of k."""
+        ``cache``; yields ``(k, outcome)`` as each direction completes, in order of k.
+
+        ``alpha``: one dose for every direction, or one per direction (``--dose equal-kl``):
+        direction k's outcome is then what steering it alone at ``alpha[k]`` gives (the shift,
+        the passthrough target set and the target tokens all use its own alpha)."""
         dev = self.model.device
         dirs = dirs_KD.to(dev, torch.float32)
         k_all, c = dirs.shape[0], cache.n_contexts
+        per_dir = not isinstance(alpha, int | float)
+        alphas = [float(a) for a in alpha] if per_dir else []  # type: ignore[union-attr]
+        if per_dir and len(alphas) != k_all:
+            raise ValueError(f"{len(alphas)} alphas for {k_all} directions")
+        alpha_K = torch.tensor(alphas, dtype=torch.float32, device=dev) if per_dir else None
         tokens_K = self.target_tokens(dirs).to(dev)
         b = cache.batch_rows
         targets: dict[int, torch.Tensor] = {}
@@ -238,8 +247,14 @@ class SteeringEngine:
         for batch, kk, ctx in _batches(k_all, c, b, dev):
             ks = sorted({k for k, _ in batch if k not in targets})
             if self.down is not None and ks:
-                targets |= self._targets(cache, dirs, ks, alpha)
-            logits, down = self._steered(cache, ctx, alpha * dirs[kk])
+                if alpha_K is None:
+                    targets |= self._targets(cache, dirs, ks, alpha)  # type: ignore[arg-type]
+                else:  # each direction's own alpha (a python float, as for one dose)
+                    for k in ks:
+                        targets |= self._targets(cache, dirs, [k], alphas[k])
+            shift = (alpha * dirs[kk] if alpha_K is None  # type: ignore[operator]
+                     else alpha_K[kk].unsqueeze(1) * dirs[kk])
+            logits, down = self._steered(cache, ctx, shift)
             for j0, j1 in _runs(batch):
                 k, c0 = batch[j0]
                 c1 = c0 + (j1 - j0)

@@ -121,8 +121,7 @@ def transported_pr(down: LoadedSAE, x_ND: torch.Tensor, K_NdD: torch.Tensor,
     dev = down.sae.W_enc.device
     x = x_ND.to(dev, torch.float32)
     K = K_NdD.to(dev, torch.float32)
-    v = dirs_FD.to(dev, torch.float32)
-    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    v = dirs_FD.to(dev, torch.float32)  # as given: unit rows for v_f (or scaled per dose)
     n, g = x.shape[0], down.d_sae
     dec_norm = down.sae.W_dec.detach().float().norm(dim=1)
     split = split_encoder(down)
