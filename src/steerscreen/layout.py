@@ -148,15 +148,42 @@ def screening_file(name: str) -> str:
     return f"{SCREENING}/{name}" if "." in name else f"{SCREENING}/{name}.parquet"
 
 
+LIN_FIELDS = ("rho_lin", "rho_lin_lo", "rho_lin_hi", "rho_full", "rho_full_lo", "rho_full_hi",
+              "rho_full_lin", "rho_full_lin_lo", "rho_full_lin_hi", "delta_rho", "delta_lo",
+              "delta_hi", "p_holm", "mde", "verdict")
+"""The fields of a fit summary's ``linear`` rows (METHOD v2 §4: rho of ``lin``, ``full`` and
+``full+lin``, and ``full+lin`` - ``full``) that a headline row carries, per outcome."""
+
+
+def lin_key(outcome: str, field: str) -> str:
+    """``lin_cleanliness_delta_rho``: a linear-response field of a flat headline row."""
+    return f"lin_{outcome}_{field}"
+
+
 def headline_row(summary: dict[str, Any]) -> dict[str, Any]:
-    """A fit summary's primary endpoint, power and verdicts as one flat row."""
+    """A fit summary's primary endpoint, power and verdicts as one flat row (and, when the run
+    had ``lin_*`` columns, its linear-response rows: :func:`lin_key`)."""
     p = summary.get("primary_endpoint") or {}
     row = {"rho_full": p.get("rho_full"), "rho_freq_mag": p.get("rho_baseline"),
            "delta_rho": p.get("delta_rho"), "delta_lo": p.get("delta_lo"),
            "delta_hi": p.get("delta_hi"),
            "n_fit": p.get("n"), "detectable_delta_rho": p.get("mde"),
            "primary_verdict": p.get("verdict")}
-    return row | {f"verdict_{k}": v for k, v in (summary.get("verdicts") or {}).items()}
+    row |= {f"verdict_{k}": v for k, v in (summary.get("verdicts") or {}).items()}
+    for r in summary.get("linear") or []:
+        row |= {lin_key(r["outcome"], f): r.get(f) for f in LIN_FIELDS}
+    return row
+
+
+def lin_rows(row: dict[str, Any], outcomes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A flat headline row's linear-response fields back as one dict per outcome (only the
+    outcomes it has: none for a run without ``lin_*`` columns)."""
+    out = []
+    for o in outcomes:
+        if row.get(lin_key(o, "verdict")) is None:
+            continue
+        out.append({"outcome": o, **{f: row.get(lin_key(o, f)) for f in LIN_FIELDS}})
+    return out
 
 
 _RECORD_DICTS = ("config", "inputs", "outputs", "results", "timings_s")

@@ -200,3 +200,40 @@ def test_the_pages_render_in_chromium_without_errors_or_network(reports) -> None
     check_pages([(reports["run_res"].html, RUN_SECTIONS, "report.png"),
                  (reports["study_res"].html, (*STUDY_IDS, "run-a", "a-cards", "b-scatter"),
                   "study_report.png")])
+
+
+def _with_lin(run: Path) -> None:
+    """A fit summary with the linear-response rows a run with ``lin_*`` columns gets."""
+    path = run / "screening" / "summary.json"
+    s = json.loads(path.read_text(encoding="utf-8"))
+    s["linear"] = [{"outcome": o, "context_set": "fresh", "n": 40, "rho_lin": 0.41,
+                    "rho_lin_lo": 0.2, "rho_lin_hi": 0.6, "rho_full": 0.3, "rho_full_lo": 0.1,
+                    "rho_full_hi": 0.5, "rho_full_lin": 0.55, "rho_full_lin_lo": 0.4,
+                    "rho_full_lin_hi": 0.7, "delta_rho": 0.25, "delta_lo": 0.12,
+                    "delta_hi": 0.38, "p": 0.001, "p_holm": 0.0042, "mde": 0.09,
+                    "underpowered": False, "passed": True, "verdict": "lin adds to full"}
+                   for o in ("effect_stability", "collateral_spread", "cleanliness")]
+    path.write_text(json.dumps(s), encoding="utf-8")
+
+
+def test_lin_rows_are_shown_only_for_runs_that_have_them(reports, tmp_path) -> None:
+    plain = reports["run_res"].html.read_text(encoding="utf-8")
+    assert "Linear response" not in plain and "full+lin" not in plain
+    assert "Linear response" not in reports["study_res"].html.read_text(encoding="utf-8")
+    study = tmp_path / "lin"
+    shutil.copytree(reports["study"] / "runs", study / "runs")
+    _with_lin(study / "runs" / "a")
+    res = write_report(study)
+    html = res.html.read_text(encoding="utf-8")
+    cmp = html.split('id="comparison"')[1].split('id="run-a"')[0]
+    assert "Linear response per SAE" in cmp and "lin adds to full" in cmp
+    assert "+0.250 [+0.120, +0.380]" in cmp and "0.00420" in cmp  # Δρ with its CI; Holm p
+    own = html.split('id="a-verdicts"')[1].split('id="a-scatter"')[0]
+    assert "Linear response: does lin add to full?" in own and "0.550 [0.400, 0.700]" in own
+    b = html.split('id="b-verdicts"')[1].split('id="b-scatter"')[0]
+    assert "Linear response" not in b
+    md = res.summary.read_text(encoding="utf-8")
+    assert "## Linear response per SAE (full+lin vs full)" in md
+    assert "| a | cleanliness | 0.410 [0.200, 0.600] |" in md
+    per_run = compare([study / "runs" / "a", study / "runs" / "b"]).per_run
+    assert per_run["lin_cleanliness_delta_lo"].to_list() == [0.12, None]

@@ -52,6 +52,9 @@ def interval_violations(tables: dict[str, pl.DataFrame], summary: dict[str, Any]
     out += _rows(summary.get("residualised", []), ("rho", "rho_lo", "rho_hi"), "residualised")
     out += _rows(summary.get("verdict_tests", []), ("estimate", "lo", "hi"), "verdict_tests")
     out += _rows(summary.get("heldout", []), TRIPLES["heldout"][0], "summary.heldout")
+    for est in ("rho_lin", "rho_full", "rho_full_lin"):
+        out += _rows(summary.get("linear", []), (est, f"{est}_lo", f"{est}_hi"), "linear")
+    out += _rows(summary.get("linear", []), ("delta_rho", "delta_lo", "delta_hi"), "linear")
     rel = summary.get("reliability", {})
     out += _rows([v for k, v in rel.items() if k.startswith("noise_ceiling")],
                  ("rho", "lo", "hi"), "noise_ceiling")

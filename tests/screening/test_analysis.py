@@ -222,3 +222,118 @@ def test_conformal_intervals_cover_new_features_at_the_nominal_rate(planted) -> 
         y = new.outcome(outcome, "fresh")
         cover = np.mean(np.abs(y - m.predict(new.X(pred.columns))) <= m.conformal_q)
         assert 0.86 <= cover <= 0.95, (outcome, cover)
+
+
+# --- the linear-response group (METHOD v2 §4): full+lin vs full --------------------------------
+LIN_CFG = FitConfig(n_splits=5, n_repeats=2, n_permutations=10, boosting_sets=())
+
+
+@pytest.fixture(scope="module")
+def lin_runs() -> dict:
+    from steerscreen.screening.simulate import synthetic_data
+
+    return {lin: analyse(synthetic_data("planted", 400, 5, lin=lin), LIN_CFG)
+            for lin in ("signal", "noise", None)}
+
+
+def _is_lin(name: str) -> bool:
+    return name == "lin" or "+lin" in name
+
+
+def _lin_mask(col):
+    return (col == "lin") | col.str.contains("+lin", literal=True)
+
+
+def _lin_tests(an) -> dict:
+    from steerscreen.screening.analysis import LIN_ADDS
+
+    return {t["outcome"]: t for t in an.summary["verdict_tests"] if t["test"] == LIN_ADDS}
+
+
+def test_lin_signal_beyond_full_is_claimed_with_holm(lin_runs) -> None:
+    an = lin_runs["signal"]
+    rows = {r["outcome"]: r for r in an.summary["linear"]}
+    tests = _lin_tests(an)
+    assert len(an.summary["verdict_tests"]) == 9 and set(rows) == set(tests) == {
+        "effect_stability", "collateral_spread", "cleanliness"}
+    for outcome, r in rows.items():
+        assert r["delta_lo"] > 0 and r["p_holm"] < 0.05, r
+        assert r["verdict"] == "lin adds to full" and r["passed"]
+        assert r["rho_full_lin"] > r["rho_full"] and r["rho_lin"] > 0
+        # the Holm p is the verdict family's, and the delta the comparisons table's
+        assert r["p_holm"] == tests[outcome]["p_holm"] >= r["p"]
+        cmp = an.comparisons.filter((an.comparisons["a"] == "full+lin")
+                                    & (an.comparisons["b"] == "full")
+                                    & (an.comparisons["outcome"] == outcome)
+                                    & (an.comparisons["context_set"] == "fresh"))
+        assert cmp.height == 1 and cmp["delta_rho"][0] == pytest.approx(r["delta_rho"])
+        assert cmp["lo"][0] == pytest.approx(r["delta_lo"])
+        cv = an.cv.filter((an.cv["outcome"] == outcome) & (an.cv["context_set"] == "fresh"))
+        rho = dict(zip(cv["set"].to_list(), cv["rho"].to_list(), strict=True))
+        assert rho["full+lin"] == pytest.approx(r["rho_full_lin"])
+        assert rho["lin"] == pytest.approx(r["rho_lin"])
+    # full+lin vs full is the first comparison of every outcome and context set
+    for (_o, _cs), part in an.comparisons.group_by(["outcome", "context_set"],
+                                                    maintain_order=True):
+        assert (part["a"][0], part["b"][0]) == ("full+lin", "full")
+    assert interval_violations(_tables(an), an.summary) == []
+
+
+def test_lin_noise_makes_no_lin_claim(lin_runs) -> None:
+    an = lin_runs["noise"]
+    for r in an.summary["linear"]:
+        assert not r["passed"] and r["verdict"] != "lin adds to full", r
+        assert r["delta_lo"] < 0 < r["delta_hi"] and r["p_holm"] > 0.05
+        assert r["verdict"].startswith(("no gain from lin detected", "underpowered"))
+    assert not any(t["passed"] for t in _lin_tests(an).values())
+    assert interval_violations(_tables(an), an.summary) == []
+
+
+def test_a_run_without_lin_columns_has_no_lin_rows(lin_runs) -> None:
+    from steerscreen.layout import headline_row
+
+    bare, noise = lin_runs[None], lin_runs["noise"]
+    assert "linear" not in bare.summary and len(bare.summary["verdict_tests"]) == 6
+    assert not any(_is_lin(s) for s in bare.cv["set"].to_list())
+    assert not any(_is_lin(s) for s in (*bare.comparisons["a"], *bare.comparisons["b"]))
+    assert not any(k.startswith("lin_") for k in headline_row(bare.summary))
+    # The v1 numbers are the same with or without lin columns (the same folds and data): only
+    # the rows of the lin sets and the Holm families grow.
+    v1 = noise.cv.filter(~_lin_mask(noise.cv["set"]))
+    assert v1.equals(bare.cv)
+    keep = ~(_lin_mask(noise.comparisons["a"])
+             | (noise.comparisons["b"] == "full"))
+    cols = [c for c in bare.comparisons.columns if c != "p_holm"]
+    assert noise.comparisons.filter(keep).select(cols).equals(bare.comparisons.select(cols))
+    assert bare.summary["primary_endpoint"] == noise.summary["primary_endpoint"]
+
+
+def test_lin_verdict_states_power() -> None:
+    from steerscreen.screening.analysis import lin_verdict
+
+    row = {"passed": False, "underpowered": True, "n": 120, "mde": 0.25}
+    assert lin_verdict(row) == "underpowered (n = 120: detectable Δρ ≥ 0.25)"
+    assert lin_verdict(row | {"underpowered": False, "mde": 0.08}) == (
+        "no gain from lin detected (detectable Δρ ≥ 0.08)")
+    assert lin_verdict(row | {"passed": True}) == "lin adds to full"
+
+
+def test_all_nan_lin_columns_are_not_fitted() -> None:
+    import polars as pl
+
+    from steerscreen.screening.data import predictor_sets, screening_data
+    from steerscreen.screening.simulate import LIN_PREDICTORS, synthetic_data
+
+    d = synthetic_data("noise", 40, 0)
+    stats = d.table.select(["feature", *d.predictors]).with_columns(
+        [pl.lit(float("nan")).alias(c) for c in LIN_PREDICTORS])
+    rows = []
+    for cs in d.context_sets:
+        rows.append(pl.DataFrame({
+            "feature": d.table["feature"], "direction": "feature", "strength": 0.25,
+            "context_set": cs, **{o: d.table[f"{o}@{cs}"] for o in (
+                "effect_stability", "collateral_spread", "effect_kl", "target_gain",
+                "collateral_out")}}))
+    sd = screening_data(stats, pl.concat(rows), 0.25)
+    assert not any(c.startswith("lin_") for c in sd.predictors)
+    assert not any(_is_lin(s) for s in predictor_sets(sd.predictors))

@@ -6,16 +6,19 @@ writes ``RUN/screening/``:
 
 - ``cv_metrics.parquet``: model, set, outcome, context_set, n, rho (mean test-fold Spearman,
   + se, 95% CI, p), R^2;
-- ``comparisons.parquet``: delta rho of each set vs ``freq+mag`` and of ``full`` vs the best
-  baseline (mean paired fold difference), se, CI, Nadeau–Bengio t and p, detectable effect,
-  Holm-adjusted p;
+- ``comparisons.parquet``: delta rho of ``full+lin`` vs ``full`` (with ``lin_*`` columns), of
+  each set vs ``freq+mag`` and of ``full`` vs the best baseline (mean paired fold difference),
+  se, CI, Nadeau–Bengio t and p, detectable effect, Holm-adjusted p;
 - ``confounds.parquet``: partial Spearman of each predictor with each outcome (+ CI, p, BH q);
 - ``heldout.parquet``: cross-fitted selection payoff vs random and vs the baseline selection;
 - ``predictions.parquet``: the steered features' outcomes and out-of-fold predictions;
 - ``predictor.json``: the fitted predictor (JSON, no pickle; see
   :mod:`steerscreen.screening.predictor`);
-- ``summary.json``: every headline number with its CI, the six verdict tests (estimate, CI, p,
-  Holm p, detectable effect, the test in words), the verdicts, power, the configuration.
+- ``summary.json``: every headline number with its CI, the verdict tests (estimate, CI, p,
+  Holm p, detectable effect, the test in words; six, nine with ``lin_*`` columns), the verdicts,
+  power, the configuration, and with ``lin_*`` columns ``linear``: per outcome rho of ``lin``,
+  ``full`` and ``full+lin`` and the ``full+lin`` - ``full`` delta (CI, p, Holm p, power,
+  verdict).
 """
 
 from __future__ import annotations
@@ -206,6 +209,11 @@ def fit_lines(summary: dict[str, Any]) -> list[str]:
         f"  {p.get('verdict', '')} (detectable delta rho at 80% power: "
         f"{f(p.get('mde'), '.2f')})"]
     lines += [f"  {outcome}: {verdict}" for outcome, verdict in summary["verdicts"].items()]
+    lines += [f"  full+lin vs full, {r['outcome']}: rho {f(r.get('rho_full_lin'), '.3f')} vs "
+              f"{f(r.get('rho_full'), '.3f')} (lin alone {f(r.get('rho_lin'), '.3f')}), delta "
+              f"{f(r.get('delta_rho'), '+.3f')} [{f(r.get('delta_lo'), '+.3f')}, "
+              f"{f(r.get('delta_hi'), '+.3f')}], Holm p {f(r.get('p_holm'), '.3g')}: "
+              f"{r.get('verdict', '')}" for r in summary.get("linear") or []]
     if summary.get("verdict_tests"):
         lines.append(f"  (a verdict needs a positive estimate with Holm-adjusted p < 0.05 over "
                      f"the {len(summary['verdict_tests'])} verdict tests; "

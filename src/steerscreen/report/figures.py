@@ -116,11 +116,11 @@ def scatter(pred: pl.DataFrame, context_set: str,
 
 
 def _set_kind(name: str) -> str:
-    if name == "full":
+    if name in ("full", "full+lin"):
         return "full"
     if name in BASELINE_SETS:
         return "baseline"
-    return "minus" if name.startswith("full-") else "group"
+    return "minus" if name.startswith(("full-", "full+lin-")) else "group"
 
 
 def ablation(cv: pl.DataFrame, context_set: str) -> bytes:

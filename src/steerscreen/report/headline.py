@@ -5,7 +5,9 @@ Per outcome: the fit's verdict, and the numbers it rests on (docs/method.md §4)
 inside the folds, each with its CI, its Holm-adjusted p (a verdict needs a positive estimate with
 p_holm < 0.05) and the smallest effect it could detect at 80% power; and the held-out payoff of
 the top share by predicted cleanliness, scored on the fresh contexts, vs random selection and vs
-the ``freq+mag`` selection.
+the ``freq+mag`` selection. When the run had ``lin_*`` columns (METHOD v2), the linear-response
+rows (:func:`linear`): rho of ``lin``, ``full`` and ``full+lin`` and the ``full+lin`` - ``full``
+delta with its CI and Holm p.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from steerscreen.report.html import ci, num
 from steerscreen.report.load import RunData
 
 OUTCOMES = ("cleanliness", "effect_stability", "collateral_spread")
@@ -160,3 +163,30 @@ def selection(run: RunData) -> dict[str, dict[str, Any]]:
         return {}
     rows = run.heldout.filter(pl.col("outcome") == "cleanliness")
     return {r["selector"]: r for r in rows.iter_rows(named=True)}
+
+
+LIN_HEADER = ("ρ lin", "ρ full", "ρ full+lin", "Δρ full+lin − full", "Holm p")
+"""The number columns of a linear-response table (each ρ and Δρ with its 95% CI)."""
+
+
+def linear(run: RunData) -> list[dict[str, Any]]:
+    """The fit's linear-response rows (``summary.json``: ``linear``), cleanliness first; empty
+    for a run without ``lin_*`` columns."""
+    rows = {r.get("outcome"): r for r in (run.summary or {}).get("linear") or []}
+    return [rows[o] for o in OUTCOMES if o in rows]
+
+
+def lin_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """One linear-response row's :data:`LIN_HEADER` cells, as text."""
+    return (ci(r.get("rho_lin"), r.get("rho_lin_lo"), r.get("rho_lin_hi")),
+            ci(r.get("rho_full"), r.get("rho_full_lo"), r.get("rho_full_hi")),
+            ci(r.get("rho_full_lin"), r.get("rho_full_lin_lo"), r.get("rho_full_lin_hi")),
+            ci(r.get("delta_rho"), r.get("delta_lo"), r.get("delta_hi"), signed=True),
+            num(r.get("p_holm")))
+
+
+def lin_good(verdict: str | None) -> bool | None:
+    """A linear-response verdict's badge colour: good, bad or neutral (underpowered)."""
+    if not verdict or verdict.startswith("underpowered"):
+        return None
+    return verdict == "lin adds to full"

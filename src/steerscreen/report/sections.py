@@ -18,8 +18,12 @@ import polars as pl
 from steerscreen.report import cards, figures
 from steerscreen.report.headline import (
     LABELS,
+    LIN_HEADER,
     Interval,
     Verdict,
+    lin_cells,
+    lin_good,
+    linear,
     noise_ceiling,
     power_text,
     primary,
@@ -170,11 +174,12 @@ def verdicts_section(run: RunData, prefix: str = "") -> Section:
     rows = [_verdict_row(v) for v in verdicts(run)]
     vt = table(("outcome", "verdict", "Δρ vs best baseline", "residual ρ",
                 "power (80%, α = 0.05)", "payoff vs random", "payoff vs freq+mag"), rows)
+    n_tests = len((run.summary or {}).get("verdict_tests") or []) or 6
     explain = note(
         "Each estimate is the mean over the cross-validation test folds; its 95% CI and p come "
         "from the Nadeau–Bengio corrected t over the same folds (df = K − 1). Beats baselines: "
         "Δρ (all predictors minus the best baseline set, named in brackets) is positive with "
-        "Holm-adjusted p < 0.05 across the six verdict tests. Survives residualisation: the "
+        f"Holm-adjusted p < 0.05 across the {n_tests} verdict tests. Survives residualisation: the "
         "same test for ρ after freq and mag are regressed out inside the folds. A test whose "
         "detectable effect exceeds 0.1 says “underpowered” instead of a negative verdict. "
         "Payoffs: mean outcome of the held-out selection minus random picking and minus the "
@@ -194,10 +199,25 @@ def verdicts_section(run: RunData, prefix: str = "") -> Section:
            if nc else "")
     axes = (run.summary or {}).get("reliability", {}).get(f"axes_rho_{run.primary_set}")
     return section(prefix, "verdicts", title, note(facts(run)), *_stage_warnings(run), head, vt,
-                   explain, prec, tag("h4", "Reliability of the measurements"), rel,
+                   explain, *_linear(run), prec, tag("h4", "Reliability of the measurements"), rel,
                 note("A noise ceiling near 1 means the outcomes are measured reliably, so the "
                      "predictors, not the measurements, limit the screen. Correlation of the two "
                      f"axes (stability vs spread): ρ = {num(axes)}."))
+
+
+def _linear(run: RunData) -> list[object]:
+    """The linear-response table (METHOD v2 §4), or nothing for a run without ``lin_*``."""
+    rows = linear(run)
+    if not rows:
+        return []
+    return [tag("h4", "Linear response: does lin add to full?"),
+            table(("outcome", *LIN_HEADER, "verdict"),
+                  [(LABELS[r["outcome"]], *lin_cells(r),
+                    badge(r.get("verdict") or "–", lin_good(r.get("verdict")))) for r in rows]),
+            note("ρ of the lin_* group alone, of full (the v1 groups, the primary endpoint's "
+                 "set) and of full+lin (ridge, 95% CIs), and Δρ of full+lin minus full, the "
+                 "first secondary comparison: “lin adds to full” needs a positive Δρ with "
+                 "Holm-adjusted p < 0.05 across the verdict tests.")]
 
 
 def _verdict_row(v: Verdict) -> tuple[object, ...]:
@@ -265,7 +285,9 @@ def ablation_section(run: RunData, prefix: str = "") -> Section:
     if run.comparisons is not None:
         rows = run.comparisons.filter((pl.col("model") == "ridge") & (pl.col("outcome") ==
                                       "cleanliness") & (pl.col("context_set") == cs))
-        body += [tag("h4", "Cleanliness: each set against freq+mag"), table(
+        against = ("each set against freq+mag (full+lin against full)"
+                   if (rows["a"] == "full+lin").any() else "each set against freq+mag")
+        body += [tag("h4", f"Cleanliness: {against}"), table(
             ("set", "vs", "Δρ [95% CI]", "Nadeau–Bengio p", "Holm p"),
             [(code(r["a"]), r["b"], ci(r["delta_rho"], r["lo"], r["hi"], signed=True),
               r["p_nb"], r["p_holm"]) for r in rows.iter_rows(named=True)])]

@@ -9,9 +9,9 @@ from typing import Any
 
 import polars as pl
 
-from steerscreen.layout import headline_row
+from steerscreen.layout import headline_row, lin_rows
 from steerscreen.report import figures
-from steerscreen.report.headline import LABELS, OUTCOMES
+from steerscreen.report.headline import LABELS, LIN_HEADER, OUTCOMES, lin_cells, lin_good
 from steerscreen.report.html import Safe, badge, ci, code, kv_table, missing, note, num, table, tag
 from steerscreen.report.load import StudyData, StudyRun
 from steerscreen.report.sections import Section, make_plot, run_sections, section
@@ -143,6 +143,7 @@ def comparison_section(study: StudyData) -> Section:
         if heading.startswith("Width"):
             members = sorted(members, key=lambda r: (r["width"] is None, r["width"] or 0))
         body += [tag("h3", heading), _endpoint_table(members)]
+    body += _linear(rows)
     body += _transfer(study, plots)
     return section("", "comparison", title, *body, plots=tuple(plots))
 
@@ -170,6 +171,26 @@ def _endpoint_table(rows: list[dict[str, Any]]) -> Safe:
                    r.get("rho_freq_mag"), ci(r.get("delta_rho"), r.get("delta_lo"),
                                              r.get("delta_hi"), signed=True), power(r),
                    *[verdict(r, o) for o in OUTCOMES]) for r in rows])
+
+
+def linear_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every run's linear-response rows (run, outcome, :data:`~steerscreen.layout.LIN_FIELDS`),
+    from :func:`per_run_rows`; empty when no run had ``lin_*`` columns."""
+    return [{"run": r["run"], **x} for r in rows for x in lin_rows(r, OUTCOMES)]
+
+
+def _linear(rows: list[dict[str, Any]]) -> list[object]:
+    lin = linear_rows(rows)
+    if not lin:
+        return []
+    return [tag("h3", "Linear response per SAE: does lin add to full?"),
+            table(("run", "outcome", *LIN_HEADER, "verdict"),
+                  [(r["run"], LABELS[r["outcome"]], *lin_cells(r),
+                    badge(r.get("verdict") or "–", lin_good(r.get("verdict")))) for r in lin]),
+            note("Per SAE and outcome (ridge, primary context set): ρ of the lin_* group "
+                 "alone, of full (the v1 groups) and of full+lin, each with its 95% CI, and Δρ "
+                 "of full+lin minus full with its 95% CI and Holm-adjusted p (the run's verdict "
+                 "tests).")]
 
 
 def _transfer(study: StudyData, plots: list) -> list[object]:

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from steerscreen.report import headline as hl
-from steerscreen.report.headline import LABELS, Interval, Verdict, power_text
+from steerscreen.report.headline import LABELS, LIN_HEADER, Interval, Verdict, lin_cells, power_text
 from steerscreen.report.html import ci, num
 from steerscreen.report.load import RunData, StudyData
 from steerscreen.report.sections import dose_accuracy_lines, facts
-from steerscreen.report.study import per_run_rows
+from steerscreen.report.study import linear_rows, per_run_rows
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#~])")  # "|" only matters in tables: _cell
 
@@ -80,6 +80,12 @@ def run_lines(run: RunData, figures: Sequence[Path], root: Path, level: str = "#
         lines += ["", f"A verdict needs a positive estimate with a Holm-adjusted p < 0.05 over the "
                   f"{len(tests)} verdict tests ({tests[0]['method']}); a test that cannot detect "
                   "0.1 at 80% power says “underpowered”."]
+    lin = hl.linear(run)
+    if lin:
+        lines += ["", "Linear response (full+lin vs full, the first secondary comparison):", ""]
+        lines += _table(("outcome", *LIN_HEADER, "verdict"),
+                        [(LABELS[r["outcome"]], *lin_cells(r), r.get("verdict") or "–")
+                         for r in lin])
     nc = hl.noise_ceiling(run)
     if nc:
         lines += ["", "Noise ceiling (steering vs fresh contexts): " + "; ".join(
@@ -114,6 +120,12 @@ def study_summary(study: StudyData, shared: Sequence[Path],
                       ci(r.get("delta_rho"), r.get("delta_lo"), r.get("delta_hi"), signed=True),
                       r.get("primary_verdict") or "–",
                       r.get("verdict_cleanliness") or "not fitted") for r in per_run_rows(study)])
+    lin = linear_rows(per_run_rows(study))
+    if lin:
+        lines += ["", "## Linear response per SAE (full+lin vs full)", ""]
+        lines += _table(("run", "outcome", *LIN_HEADER, "verdict"),
+                        [(_md(r["run"]), LABELS[r["outcome"]], *lin_cells(r),
+                          r.get("verdict") or "–") for r in lin])
     lines += ["", "## Transfer", ""]
     if study.transfer is None or study.transfer.height == 0:
         lines.append("Not computed: run "

@@ -12,15 +12,19 @@ sits inside its own interval, and its test agrees with it.
 
 - **CV metrics**: every predictor set, outcome and context set (ridge), and the
   ``boosting_sets`` with gradient boosting on the primary context set.
-- **Comparisons**: every set against ``freq+mag`` and ``full`` against the best baseline set;
-  Holm across all of them but the primary endpoint.
+- **Comparisons**: with ``lin_*`` columns first ``full+lin`` against ``full`` (METHOD v2 §4, the
+  first secondary comparison), then every set against ``freq+mag`` and ``full`` against the best
+  baseline set; Holm across all of them but the primary endpoint.
 - **Primary endpoint** (fixed in advance): ridge, ``full`` vs ``freq+mag``, cleanliness on fresh
   contexts, plus a permutation test through the whole CV pipeline.
 - **Verdicts**: per outcome, "beats baselines" (``full`` minus the best baseline set) and
   "survives residualisation" (rho of ``full`` after ``base_freq`` and ``base_mag`` are regressed
-  out inside the folds). A verdict is given only when its test is positive with a Holm-adjusted
-  p < 0.05 across the six tests; a test that cannot detect 0.1 at 80% power says
-  "underpowered", not "neither".
+  out inside the folds), and with ``lin_*`` columns "lin adds to full" (``full+lin`` minus
+  ``full``). A verdict is given only when its test is positive with a Holm-adjusted p < 0.05
+  across the verdict tests (six, nine with ``lin``); a test that cannot detect 0.1 at 80% power
+  says "underpowered", not "neither".
+- **Linear response** (``summary["linear"]``, only with ``lin_*`` columns): per outcome, rho of
+  ``lin``, ``full`` and ``full+lin`` and the ``full+lin`` - ``full`` delta with its verdict test.
 - **Confounds** (:mod:`.confounds`), **held-out screening** (:mod:`.heldout`) and
   **reliability** (:mod:`.reliability`).
 """
@@ -52,6 +56,9 @@ from steerscreen.screening.reliability import reliability
 BASELINE_SETS = ("freq", "mag", "freq+mag", "direct", "pass", "baselines")
 PRIMARY = ("ridge", "full", "freq+mag", "cleanliness")
 BEATS, SURVIVES = "beats baselines", "survives residualisation"
+LIN_ADDS = "lin adds to full"
+LIN_SETS = ("lin", "full", "full+lin")
+"""The linear-response sets reported side by side (METHOD v2 §4)."""
 
 
 @dataclass
@@ -109,6 +116,11 @@ class Fits:
         rho = {b: self.rho(b, outcome, cs).estimate for b in BASELINE_SETS if b in self.sets}
         return max(rho, key=lambda b: -math.inf if math.isnan(rho[b]) else rho[b])
 
+    @property
+    def has_lin(self) -> bool:
+        """The run has ``lin_*`` columns (so ``full+lin`` vs ``full`` is tested)."""
+        return "full+lin" in self.sets and "full" in self.sets
+
 
 def _cmp_row(e: Estimate, **key: Any) -> dict[str, Any]:
     t = e.estimate / e.se if e.se and math.isfinite(e.se) else math.nan
@@ -143,6 +155,9 @@ def _comparisons(fits: Fits) -> pl.DataFrame:
             key = {"model": "ridge", "outcome": outcome, "context_set": cs}
             if "freq+mag" not in fits.sets:
                 continue
+            if fits.has_lin:  # the first secondary comparison (METHOD v2 §4)
+                rows.append(_cmp_row(fits.delta("full+lin", "full", outcome, cs), **key,
+                                     a="full+lin", b="full"))
             for name in fits.sets:
                 if name != "freq+mag":
                     rows.append(_cmp_row(fits.delta(name, "freq+mag", outcome, cs), **key,
@@ -161,8 +176,9 @@ def _comparisons(fits: Fits) -> pl.DataFrame:
 
 
 def verdict_family(fits: Fits) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The six verdict tests (per outcome: beats baselines, survives residualisation), Holm
-    across them, and one verdict sentence per outcome."""
+    """The verdict tests (per outcome: beats baselines, survives residualisation, and with
+    ``lin_*`` columns lin adds to full), Holm across all of them, and one verdict sentence per
+    outcome (of the first two tests; the lin test's sentence is :func:`lin_verdict`)."""
     tests: list[tuple[str, str, str, Estimate]] = []
     for outcome in OUTCOMES:
         best = fits.best_baseline(outcome)
@@ -171,6 +187,9 @@ def verdict_family(fits: Fits) -> tuple[list[dict[str, Any]], dict[str, str]]:
         tests.append((outcome, SURVIVES, "ρ of full on the outcome with base_freq and "
                       "base_mag regressed out inside the folds",
                       fits.rho("full", outcome, residualised=True)))
+        if fits.has_lin:
+            tests.append((outcome, LIN_ADDS, "Δρ, full+lin − full",
+                          fits.delta("full+lin", "full", outcome)))
     p_holm = holm(np.array([e.p for *_, e in tests]))
     rows = []
     for (outcome, test, what, e), ph in zip(tests, p_holm, strict=True):
@@ -179,9 +198,44 @@ def verdict_family(fits: Fits) -> tuple[list[dict[str, Any]], dict[str, str]]:
                      "underpowered": e.underpowered})
     verdicts = {}
     for outcome in OUTCOMES:
-        b, s = (r for r in rows if r["outcome"] == outcome)
-        verdicts[outcome] = verdict_text(b, s)
+        by_test = {r["test"]: r for r in rows if r["outcome"] == outcome}
+        verdicts[outcome] = verdict_text(by_test[BEATS], by_test[SURVIVES])
     return rows, verdicts
+
+
+def lin_verdict(test: dict[str, Any]) -> str:
+    """One outcome's "lin adds to full" sentence from its verdict test row."""
+    if test["passed"]:
+        return LIN_ADDS
+    if test["underpowered"]:
+        return power_note(test["n"], test["mde"])
+    return f"no gain from lin detected (detectable Δρ ≥ {test['mde']:.2f})"
+
+
+def linear_rows(fits: Fits, verdict_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per outcome on the primary context set: rho of ``lin``, ``full`` and ``full+lin`` (each
+    with its CI) and the ``full+lin`` - ``full`` delta with its CI, p, Holm p (the verdict
+    family's), power and verdict. Empty without ``lin_*`` columns."""
+    if not fits.has_lin:
+        return []
+    rows = []
+    for outcome in OUTCOMES:
+        t = next(r for r in verdict_rows if r["outcome"] == outcome and r["test"] == LIN_ADDS)
+        row: dict[str, Any] = {"outcome": outcome, "context_set": fits.data.primary_set,
+                               "n": t["n"]}
+        for name in LIN_SETS:
+            key = "rho_" + name.replace("+", "_")
+            if name in fits.sets:
+                e = fits.rho(name, outcome)
+                row |= {key: e.estimate, f"{key}_lo": e.lo, f"{key}_hi": e.hi}
+            else:
+                row |= {key: math.nan, f"{key}_lo": math.nan, f"{key}_hi": math.nan}
+        row |= {"delta_rho": t["estimate"], "delta_se": t["se"], "delta_lo": t["lo"],
+                "delta_hi": t["hi"], "p": t["p"], "p_holm": t["p_holm"], "mde": t["mde"],
+                "underpowered": t["underpowered"], "passed": t["passed"],
+                "verdict": lin_verdict(t), "method": t["method"]}
+        rows.append(row)
+    return rows
 
 
 def verdict_text(beats: dict[str, Any], survives: dict[str, Any]) -> str:
@@ -298,6 +352,7 @@ def analyse(data: ScreeningData, cfg: FitConfig | None = None) -> Analysis:
         "power": {"n": n, "detectable_delta_rho": p["mde"], "target": 0.1,
                   "underpowered": p["underpowered"], "alpha": 0.05, "power": 0.8},
         "residualised": resid_rows, "within_freq_deciles": decile,
+        **({"linear": linear_rows(fits, tests)} if fits.has_lin else {}),
         "reliability": reliability(data),
         "heldout": held.filter(pl.col("outcome") == "cleanliness").to_dicts()}
     preds: dict[str, np.ndarray] = {"feature": data.table["feature"].to_numpy()}

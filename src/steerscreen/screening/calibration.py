@@ -8,7 +8,10 @@ Each trial draws one synthetic run and applies the same code as ``steerscreen fi
   ``freq+mag``, cleanliness, fresh contexts) contain :func:`.simulate.population_delta`?
 - :func:`payoff_trial`: does the held-out payoff interval contain 0 on noise?
 - :func:`conformal_trial`: the share of unseen features whose measured outcome falls inside
-  the fitted predictor's conformal interval.
+  the fitted predictor's conformal interval;
+- optionally (``lin_trials``) :func:`verdict_trial` on runs with ``lin_*`` columns: the rate of
+  "lin adds to full" (``full+lin`` vs ``full``) when they are pure noise (a false claim) and
+  when they carry a planted signal beyond ``full`` (a detection).
 
 :func:`rate` turns hits into a rate with its Wilson 95% Monte-Carlo interval, and
 :func:`trials` runs a trial over seeds on several processes.
@@ -20,14 +23,14 @@ import math
 import multiprocessing as mp
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from steerscreen.config import FitConfig
-from steerscreen.screening.analysis import SURVIVES, Fits, verdict_family
+from steerscreen.screening.analysis import BEATS, LIN_ADDS, SURVIVES, Fits, verdict_family
 from steerscreen.screening.data import OUTCOMES
 from steerscreen.screening.heldout import heldout
 from steerscreen.screening.predictor import fit_predictor
@@ -62,14 +65,15 @@ def rate(flags: list[bool]) -> Rate:
     return Rate(int(sum(bool(f) for f in flags)), len(flags))
 
 
-def verdict_trial(seed: int, *, scenario: str, n: int, cfg: FitConfig, effect: float = 1.0
-                  ) -> dict[str, bool]:
-    """``{"cleanliness: beats baselines": passed, ...}`` for one synthetic run."""
-    rows, _ = verdict_family(Fits(synthetic_data(scenario, n, seed, effect), cfg))
+def verdict_trial(seed: int, *, scenario: str, n: int, cfg: FitConfig, effect: float = 1.0,
+                  lin: str | None = None) -> dict[str, bool]:
+    """``{"cleanliness: beats baselines": passed, ...}`` for one synthetic run (``lin``: with
+    ``lin_*`` columns, see :func:`.simulate.synthetic_data`)."""
+    rows, _ = verdict_family(Fits(synthetic_data(scenario, n, seed, effect, lin=lin), cfg))
     out = {f"{r['outcome']}: {r['test']}": bool(r["passed"]) for r in rows}
-    out["any beats baselines"] = any(r["passed"] for r in rows if r["test"] != SURVIVES)
-    out["any survives residualisation"] = any(r["passed"] for r in rows
-                                              if r["test"] == SURVIVES)
+    for name, test in (("beats baselines", BEATS), ("survives residualisation", SURVIVES),
+                       ("lin adds to full", LIN_ADDS)):
+        out[f"any {name}"] = any(r["passed"] for r in rows if r["test"] == test)
     return out
 
 
@@ -148,16 +152,20 @@ class SuiteResult:
     """Outcome -> (mean coverage of the 90% conformal intervals, its MC standard error)."""
     n: int
     """Steered features per synthetic run."""
+    lin: dict[str, Rate] = field(default_factory=dict)
+    """With ``lin_trials``: lin mode -> share of runs with "lin adds to full" (any outcome for
+    ``noise``, a false claim; cleanliness for ``signal``, a detection)."""
 
 
 NULLS = ("noise", "freq_mag", "mag_explained")
 
 
 def suite(*, n: int = 400, verdict_trials: int = 100, coverage_trials: int = 300,
-          conformal_trials: int = 20, workers: int = 2, cfg: FitConfig | None = None
-          ) -> SuiteResult:
+          conformal_trials: int = 20, workers: int = 2, cfg: FitConfig | None = None,
+          lin_trials: int = 0) -> SuiteResult:
     """The calibration suite at ``fit``'s default configuration (about 3 minutes on 2 cores
-    at the defaults)."""
+    at the defaults). ``lin_trials``: also that many runs with ``lin_*`` columns per lin mode
+    (planted v1 signal; none by default, which leaves the rest of the suite as it was)."""
     from steerscreen.screening.simulate import population_delta
 
     cfg = cfg or FitConfig()
@@ -184,7 +192,13 @@ def suite(*, n: int = 400, verdict_trials: int = 100, coverage_trials: int = 300
     conformal = {o: (float(np.mean([r[o] for r in res])),
                      float(np.std([r[o] for r in res], ddof=1) / math.sqrt(len(res))))
                  for o in res[0]}
-    return SuiteResult(fb, fs, detection, coverage, payoff, conformal, n)
+    lin = {}
+    for mode in ("noise", "signal") if lin_trials else ():
+        res = trials(verdict_trial, range(lin_trials), workers, scenario="planted", n=n,
+                     cfg=cfg, lin=mode)
+        lin[mode] = rate([r["any lin adds to full"] if mode == "noise"
+                          else r["cleanliness: lin adds to full"] for r in res])
+    return SuiteResult(fb, fs, detection, coverage, payoff, conformal, n, lin)
 
 
 def suite_table(s: SuiteResult) -> list[str]:
@@ -207,4 +221,10 @@ def suite_table(s: SuiteResult) -> list[str]:
     for o, (m, se) in s.conformal.items():
         rows.append(f"| 90% conformal interval covers an unseen feature ({o}) | planted | "
                     f"{m:.3f} ± {1.96 * se:.3f} | 0.87–0.93 |")
+    if "noise" in s.lin:
+        rows.append(f"| false \"lin adds to full\" (any outcome) | planted, lin noise | "
+                    f"{s.lin['noise']} | ≤ 0.05 |")
+    if "signal" in s.lin:
+        rows.append(f"| detects \"lin adds to full\" (cleanliness) | planted, lin signal | "
+                    f"{s.lin['signal']} | ≥ 0.9 |")
     return rows

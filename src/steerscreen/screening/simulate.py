@@ -12,6 +12,13 @@ outcomes on steering and fresh contexts, cleanliness, the side outcomes) from fo
 - ``mag_explained``: the outcomes depend on ``base_mag`` only, and several non-baseline
   predictors are noisy copies of it (the confound the residualisation must see through).
 
+``lin`` optionally adds the linear-response columns (``lin_*``, METHOD v2), drawn from a
+separate random stream so that the v1 columns and outcomes of a seed stay the same:
+``"noise"`` makes them independent of everything; ``"signal"`` adds to both outcomes a feature
+effect that no v1 predictor carries and the ``lin_*`` columns measure with noise (so
+``full+lin`` beats ``full``). Without ``lin`` (the default, and what the calibration suite uses)
+a run has no ``lin_*`` columns.
+
 The predictors share three latent factors, so groups correlate as on real SAEs. Each outcome is
 a feature-level value plus independent measurement noise per context set, which puts the noise
 ceiling (steering vs fresh) near 0.9, as measured on the embedded model.
@@ -33,10 +40,15 @@ import polars as pl
 from steerscreen.screening.cv import spearman
 from steerscreen.screening.data import ScreeningData, predictor_sets, zscore
 from steerscreen.screening.models import ridge
-from steerscreen.stats.registry import COLUMNS
+from steerscreen.stats.registry import COLUMNS, LINEAR_GROUP
 
 SCENARIOS = ("planted", "noise", "freq_mag", "mag_explained")
-PREDICTORS = [c.name for c in COLUMNS.values() if c.predictor]
+PREDICTORS = [c.name for c in COLUMNS.values() if c.predictor and c.group != LINEAR_GROUP]
+"""The v1 predictors (every group but ``lin``)."""
+LIN_PREDICTORS = [c.name for c in COLUMNS.values() if c.predictor and c.group == LINEAR_GROUP]
+LIN_MODES = ("noise", "signal")
+LIN_EFFECT = 1.2
+"""sd of the outcome effect that only the ``lin_*`` columns carry in ``lin="signal"``."""
 MEASUREMENT_NOISE = 0.3
 """sd of the per-context-set noise around a feature's true outcome (which has sd ~1)."""
 _PROXIES = ("act_p50_rel", "act_p99_rel", "geom_enc_dec_cos", "logit_kurtosis")
@@ -93,10 +105,32 @@ def _measured(t: Truth, rng: np.random.Generator) -> dict[str, np.ndarray]:
             "cleanliness": zscore(stab) - zscore(spread)}
 
 
-def synthetic_data(scenario: str, n: int, seed: int, effect: float = 1.0) -> ScreeningData:
-    """One synthetic run of ``n`` steered features (steering and fresh contexts)."""
+def with_lin(t: Truth, mode: str, rng: np.random.Generator, effect: float = LIN_EFFECT
+             ) -> Truth:
+    """``t`` plus the ``lin_*`` columns (``mode``: see the module docstring)."""
+    if mode not in LIN_MODES:
+        raise ValueError(f"unknown lin mode {mode!r}; one of {', '.join(LIN_MODES)}")
+    n = t.stability.size
+    L_stab, L_spread = rng.normal(size=n), rng.normal(size=n)
+    X = dict(t.X)
+    for p in LIN_PREDICTORS:
+        X[p] = rng.normal(size=n)
+    if mode == "noise":
+        return Truth(X, t.stability, t.spread)
+    X["lin_stability"] = L_stab + 0.3 * rng.normal(size=n)
+    X["lin_collateral_out"] = L_spread + 0.3 * rng.normal(size=n)
+    X["lin_kl"] = 0.5 * L_stab + 0.5 * L_spread + rng.normal(size=n)
+    return Truth(X, t.stability + effect * L_stab, t.spread + effect * L_spread)
+
+
+def synthetic_data(scenario: str, n: int, seed: int, effect: float = 1.0,
+                   lin: str | None = None) -> ScreeningData:
+    """One synthetic run of ``n`` steered features (steering and fresh contexts); ``lin``:
+    add ``lin_*`` columns, ``"noise"`` or ``"signal"`` (see the module docstring)."""
     rng = np.random.default_rng(seed)
     t = truth(scenario, n, rng, effect)
+    if lin is not None:  # its own stream: the v1 columns and the noise draws stay the same
+        t = with_lin(t, lin, np.random.default_rng([seed, 7]))
     cols: dict[str, np.ndarray] = {"feature": np.arange(n), **t.X}
     for cs in ("steering", "fresh"):
         for name, v in _measured(t, rng).items():
@@ -108,8 +142,8 @@ def synthetic_data(scenario: str, n: int, seed: int, effect: float = 1.0) -> Scr
                            "effect_stability": rng.normal(size=8) - 1,
                            "collateral_spread": rng.normal(size=8),
                            "effect_kl": np.full(8, 0.25)})
-    return ScreeningData(pl.DataFrame(cols), list(PREDICTORS), ["steering", "fresh"], 0.25,
-                         random)
+    preds = list(PREDICTORS) + (list(LIN_PREDICTORS) if lin is not None else [])
+    return ScreeningData(pl.DataFrame(cols), preds, ["steering", "fresh"], 0.25, random)
 
 
 def population_delta(scenario: str, n: int, *, a: str = "full", b: str = "freq+mag",
