@@ -37,6 +37,7 @@ from steerscreen.files import atomic_path, sha256_file
 from steerscreen.layout import LINEAR_CHECKPOINT, LINEAR_CONTEXTS, LINEAR_FORMS
 from steerscreen.models import HookedModel, HookPoint
 from steerscreen.pipeline.runs import RunDir
+from steerscreen.pipeline.stage import progress
 from steerscreen.stats.linear import LinearForms, linear_columns, linearise
 
 FORMAT = "steerscreen-linear-checkpoint/1"
@@ -60,9 +61,10 @@ def forms_key(model_sha256: str, hook: str, token_ids: np.ndarray) -> str:
 
 def linear_step(run: RunDir, cfg: StatsConfig, model: HookedModel, hook: HookPoint,
                 stats_contexts: Contexts, model_sha256: str, W_dec_FD: torch.Tensor,
-                top_ids_FK: np.ndarray | None, say: Callable[[str], None]
+                top_ids_FK: np.ndarray | None, say: Callable[[str], None], show: bool = False
                 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
-    """(``lin_*`` columns, {file: output record}, the stage's ``linear`` record)."""
+    """(``lin_*`` columns, {file: output record}, the stage's ``linear`` record); ``show``: a
+    progress bar over the contexts."""
     ctx = linear_contexts(cfg, stats_contexts)
     if len(ctx) < 2:
         say(f"linear response skipped: the stats pass has {len(ctx)} context(s), it needs 2")
@@ -79,7 +81,13 @@ def linear_step(run: RunDir, cfg: StatsConfig, model: HookedModel, hook: HookPoi
             f"basis directions at {hook.name}"
             + (f" (resuming after context {start})" if start else ""))
         saver = _Saver(folder, key, cfg.checkpoint_s, len(ctx))
-        forms = linearise(model, hook, ctx.token_ids, forms=partial, on_context=saver)
+        with progress(show, len(ctx), label="linear response", unit="contexts",
+                      completed=start) as advance:
+            def done(f: LinearForms) -> None:
+                saver(f)
+                advance(1)
+
+            forms = linearise(model, hook, ctx.token_ids, forms=partial, on_context=done)
         _CACHE.clear()
         _CACHE[key] = forms
     else:

@@ -193,7 +193,7 @@ def run_stats(cfg: StatsConfig, out: str | Path, force: bool = False, *,
         if check.record is not None:
             st.say(check.reason)
         acc = _pass(st, cfg, inp, check, inp.contexts, inp.split_info, progress)
-        return _finish(st, cfg, inp, inp.contexts, acc)
+        return _finish(st, cfg, inp, inp.contexts, acc, progress)
 
 
 @dataclass
@@ -315,7 +315,7 @@ def _pass(st: StageRun, cfg: StatsConfig, inp: _Inputs, check: StageCheck, conte
 
 
 def _finish(st: StageRun, cfg: StatsConfig, inp: _Inputs, contexts: Contexts,
-            acc: StatsAccumulator) -> StatsResult:
+            acc: StatsAccumulator, show: bool = False) -> StatsResult:
     """Tables from the accumulators, written and recorded."""
     r = acc.residual_norm()
     alpha = cfg.strength * r
@@ -330,7 +330,8 @@ def _finish(st: StageRun, cfg: StatsConfig, inp: _Inputs, contexts: Contexts,
         with st.span("linear"):
             cols, lin_outputs, lin_record = linear.linear_step(
                 st.run, cfg, inp.model, inp.hook, contexts, inp.hashes["model_sha256"],
-                inp.sae.sae.W_dec, _top_ids(tables.logit_tokens, inp.sae.d_sae), st.say)
+                inp.sae.sae.W_dec, _top_ids(tables.logit_tokens, inp.sae.d_sae), st.say,
+                show=show)
         stats_table = stats_table.with_columns(
             [pl.Series(name, values, dtype=pl.Float64) for name, values in cols.items()])
     with st.span("write"):
