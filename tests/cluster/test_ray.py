@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from typer.testing import CliRunner
@@ -58,7 +59,10 @@ def test_ray_stats_and_steer_equal_the_local_backend(session, inputs: Inputs,
     out = inputs.root / "ray"
     text = ok(runner.invoke(app, inputs.stats_args(out, 600, *SHARD, *RAY)))
     assert "10 shards of up to 4 contexts" in text
-    assert_same_tables(local, out, STATS_TABLES)
+    assert_same_tables(local, out, STATS_TABLES)  # lin_* columns included: one task a context
+    import polars as pl
+    lin = pl.read_parquet(out / RunDir.FEATURE_STATS)["lin_kl"].to_numpy()
+    assert np.isfinite(lin).all()
     assert not (out / ".stats_shards").exists()
     ok(runner.invoke(app, inputs.steer_args(out, *RAY)))
     assert_same_tables(local, out, STEER_TABLES)

@@ -10,6 +10,10 @@ that hook reuses them (:data:`_CACHE`, the last one computed). The stage writes:
 - ``linear_forms.safetensors``: the three d x d forms and the counts, so any direction's
   ``lin_kl`` (the steer stage's equal-KL dose for its random directions) needs no model.
 
+With ``--backend ray`` each context is one Ray task (:func:`linear_context`: the worker loads the
+model by its spec and checks its sha256) and the driver folds the partial sums in context order,
+which gives the local backend's bits.
+
 Interrupted, it resumes: after each context (at most every ``checkpoint_s`` seconds) the running
 sums are saved in ``RUN/.linear_checkpoint/`` (tensors, then a JSON naming their sha256 and the
 key of model, hook and contexts), and a rerun continues after the last saved context. The sums
@@ -23,6 +27,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +41,10 @@ from steerscreen.corpus import Contexts
 from steerscreen.files import atomic_path, sha256_file
 from steerscreen.layout import LINEAR_CHECKPOINT, LINEAR_CONTEXTS, LINEAR_FORMS
 from steerscreen.models import HookedModel, HookPoint
+from steerscreen.pipeline import cluster
 from steerscreen.pipeline.runs import RunDir
 from steerscreen.pipeline.stage import progress
-from steerscreen.stats.linear import LinearForms, linear_columns, linearise
+from steerscreen.stats.linear import LinearForms, context_forms, linear_columns, linearise
 
 FORMAT = "steerscreen-linear-checkpoint/1"
 _CACHE: dict[str, LinearForms] = {}
@@ -87,7 +93,11 @@ def linear_step(run: RunDir, cfg: StatsConfig, model: HookedModel, hook: HookPoi
                 saver(f)
                 advance(1)
 
-            forms = linearise(model, hook, ctx.token_ids, forms=partial, on_context=done)
+            if cfg.backend == "ray":
+                forms = _ray_forms(cfg, model, hook, ctx.token_ids, model_sha256, partial,
+                                   done).finish()
+            else:
+                forms = linearise(model, hook, ctx.token_ids, forms=partial, on_context=done)
         _CACHE.clear()
         _CACHE[key] = forms
     else:
@@ -104,6 +114,68 @@ def linear_step(run: RunDir, cfg: StatsConfig, model: HookedModel, hook: HookPoi
               "positions": forms.n_positions, "key": key, "reused": reused,
               "seconds_forms": seconds_forms, "seconds_columns": seconds_cols}
     return cols, outputs, record
+
+
+@dataclass(frozen=True)
+class LinearTask:
+    """One linearisation context for a Ray worker."""
+
+    index: int
+    token_ids: np.ndarray  # int64 [1, T]
+    model: str
+    dtype: str
+    device: str
+    trust_remote_code: bool
+    hook: str
+    model_sha256: str
+    task_cpus: float
+
+
+def linear_context(task: LinearTask) -> dict[str, torch.Tensor]:
+    """One context's partial forms (``LinearForms.state``, on the CPU). Runs on a Ray worker."""
+    from steerscreen.errors import ArtifactError
+    from steerscreen.models import load_model, model_sha256
+
+    cluster.task_threads(task.task_cpus)
+
+    def load() -> HookedModel:
+        m = load_model(task.model, task.device, task.dtype,
+                       trust_remote_code=task.trust_remote_code)
+        got = model_sha256(m)
+        if got != task.model_sha256:
+            raise ArtifactError(f"the model {task.model!r} on this Ray worker differs from the "
+                                f"driver's (sha256 {got[:12]} vs {task.model_sha256[:12]})",
+                                "give every node the same model files (or a hub spec)")
+        return m
+
+    model = cluster.worker_cached(("linear", task.model, task.dtype, task.device,
+                                   task.model_sha256), load)
+    part = context_forms(model, model.hook_point(task.hook),
+                         torch.as_tensor(np.array(task.token_ids, dtype=np.int64)))
+    return {k: v.cpu() for k, v in part.state().items()}
+
+
+def _ray_forms(cfg: StatsConfig, model: HookedModel, hook: HookPoint, token_ids: np.ndarray,
+               model_sha256: str, partial: LinearForms | None,
+               done: Callable[[LinearForms], None]) -> LinearForms:
+    """The running sums with one Ray task per context not yet in ``partial``, folded in
+    context order as they arrive (the same bits as the local backend)."""
+    forms = partial or LinearForms.zeros(model.d_model, model.vocab_size, model.device)
+    start = forms.n_contexts
+    tasks = [LinearTask(c, token_ids[c:c + 1], cfg.model, cfg.dtype, cfg.device,
+                        cfg.trust_remote_code, hook.name, model_sha256, cfg.task_cpus)
+             for c in range(start, token_ids.shape[0])]
+    waiting: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_result(i: int, state: dict[str, torch.Tensor]) -> None:
+        waiting[start + i] = state
+        while forms.n_contexts in waiting:
+            forms.add(LinearForms.from_state(waiting.pop(forms.n_contexts)))
+            done(forms)
+
+    cluster.run_tasks(cfg, cfg.device, linear_context, tasks, on_result,
+                      what="linear response")
+    return forms
 
 
 def contexts_table(ctx: Contexts) -> pl.DataFrame:

@@ -88,6 +88,15 @@ class LinearForms:
                            self.A_mean / self.n_contexts, self.B / self.n_positions,
                            self.n_contexts, self.n_positions, True, dict(self.meta))
 
+    def add(self, part: LinearForms) -> None:
+        """Add another partial state's running sums (the next contexts) in place."""
+        if self.finished or part.finished:
+            raise ValueError("only running sums can be added")
+        for name in ("M_ctx", "M_pos", "A_mean", "B"):
+            getattr(self, name).add_(getattr(part, name).to(getattr(self, name).device))
+        self.n_contexts += part.n_contexts
+        self.n_positions += part.n_positions
+
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors to save (``safetensors``); :meth:`from_state` reads them back."""
         return {"M_sum": self.M_sum, "M_ctx": self.M_ctx, "M_pos": self.M_pos,
@@ -217,9 +226,11 @@ def _clean_head(model: HookedModel, y_TD: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.softmax(z, -1), slope
 
 
-def add_context(forms: LinearForms, model: HookedModel, hook: HookPoint, ids_1T: torch.Tensor,
-                *, tangent_batch: int = 64, position_batch: int | None = None) -> None:
-    """Fold one context into the running sums of ``forms`` (in place)."""
+def context_forms(model: HookedModel, hook: HookPoint, ids_1T: torch.Tensor, *,
+                  tangent_batch: int = 64, position_batch: int | None = None) -> LinearForms:
+    """One context's contribution to the running sums (a partial :class:`LinearForms` with
+    ``n_contexts = 1``). Sums are always folded context by context (:meth:`LinearForms.add`),
+    so a pass split across processes gives the same bits as one process."""
     dev = model.device
     ids = ids_1T.to(dev)
     x = model.forward(ids, read=[hook], logits=False).acts[hook.name]
@@ -233,7 +244,8 @@ def add_context(forms: LinearForms, model: HookedModel, hook: HookPoint, ids_1T:
     p, slope = _clean_head(model, y[0, 1:])
     if position_batch is None:  # two [P, d, V] float32 blocks within ~1 GiB
         position_batch = max(1, int(2**30 // (8 * d * W.shape[1])))
-    A_c = torch.zeros(d, W.shape[1], device=dev)
+    out = LinearForms.zeros(d, W.shape[1], dev)
+    A_c = out.A_mean
     with torch.no_grad():
         for t0 in range(0, n_pos, position_batch):
             sl = slice(t0, min(n_pos, t0 + position_batch))
@@ -243,16 +255,22 @@ def add_context(forms: LinearForms, model: HookedModel, hook: HookPoint, ids_1T:
             pt = p[sl]
             m = torch.bmm(E, pt.unsqueeze(2))  # E_p u: [P, d, 1]
             E.sub_(m)
-            forms.B.add_(E.sum(0))
+            out.B.add_(E.sum(0))
             E.mul_(pt.sqrt().unsqueeze(1))  # A_ct^T
-            forms.M_pos.add_(torch.bmm(E, E.transpose(1, 2)).sum(0).double())
+            out.M_pos.add_(torch.bmm(E, E.transpose(1, 2)).sum(0).double())
             A_c.add_(E.sum(0))
             del E
     A_c.div_(n_pos)
-    forms.M_ctx.add_((A_c @ A_c.T).double())
-    forms.A_mean.add_(A_c)
-    forms.n_contexts += 1
-    forms.n_positions += n_pos
+    out.M_ctx.add_((A_c @ A_c.T).double())
+    out.n_contexts, out.n_positions = 1, n_pos
+    return out
+
+
+def add_context(forms: LinearForms, model: HookedModel, hook: HookPoint, ids_1T: torch.Tensor,
+                *, tangent_batch: int = 64, position_batch: int | None = None) -> None:
+    """Fold one context into the running sums of ``forms`` (in place)."""
+    forms.add(context_forms(model, hook, ids_1T, tangent_batch=tangent_batch,
+                            position_batch=position_batch))
 
 
 def linearise(model: HookedModel, hook: str | HookPoint, token_ids_CT: np.ndarray | torch.Tensor,
@@ -313,5 +331,5 @@ def linear_columns(forms: LinearForms, dirs_FD: torch.Tensor, top_ids_FK: torch.
             "lin_target_gain": gain}
 
 
-__all__ = ["LinearForms", "add_context", "basis_jvp", "context_tangents", "downstream_tangents",
-           "eager_attention", "linear_columns", "linearise"]
+__all__ = ["LinearForms", "add_context", "basis_jvp", "context_forms", "context_tangents",
+           "downstream_tangents", "eager_attention", "linear_columns", "linearise"]
