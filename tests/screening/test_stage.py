@@ -171,3 +171,19 @@ def test_fit_closing_lines_state_power(fitted) -> None:
     out = " ".join(fit_lines(fitted["res"].summary))
     assert "n = 24" in out and "underpowered (n = 24: detectable Δρ ≥" in out
     assert "detectable delta rho at 80% power" in out
+
+
+def test_screen_repeats_the_training_runs_linearisation(base, fitted, tmp_path) -> None:  # noqa: F811
+    m = json.loads((fitted["out"] / RunDir.MANIFEST).read_text())
+    trained = m["stages"]["stats"]["results"]["linear"]
+    pred = json.loads(fitted["res"].predictor_path.read_text())
+    assert pred["trained_on"]["linear"] == {"contexts": trained["contexts"],
+                                            "context_len": trained["context_len"]}
+    sc = {k: v for k, v in m["stages"]["stats"]["config"].items()
+          if k not in ("linear_contexts", "linear_len")}
+    cfg = StatsConfig(**{**sc, "tokens": 400, "context_len": trained["context_len"] + 2})
+    run_screen(fitted["res"].predictor_path, cfg, tmp_path / "scr", model=base["model"],
+               sae=base["sae"], down=base["down"])
+    got = RunDir(tmp_path / "scr").stage("stats")["results"]["linear"]
+    assert (got["contexts"], got["context_len"]) == (trained["contexts"],
+                                                     trained["context_len"])

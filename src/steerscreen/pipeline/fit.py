@@ -161,7 +161,8 @@ def _write(run: RunDir, cfg: FitConfig, data: ScreeningData, an: Analysis,
         trained_on={"run": str(run.path), "model": manifest.get("model", {}).get("spec"),
                     "sae": manifest.get("sae_path"), "hook": manifest.get("hook"),
                     "downstream_hook": manifest.get("downstream_hook"),
-                    "n_features": data.table.height}, seed=cfg.seed)
+                    "n_features": data.table.height,
+                    "linear": _linear_record(manifest)}, seed=cfg.seed)
     folder = run.file(SCREENING)
     folder.mkdir(parents=True, exist_ok=True)
     tables = dict(zip(SCREENING_TABLES, (an.cv, an.comparisons, an.confounds, an.heldout,
@@ -226,6 +227,14 @@ def read_summary(run: RunLayout) -> dict[str, Any]:
 
     return json.loads((run.file(SCREENING) / SUMMARY).read_text(encoding="utf-8"))
 
+
+
+def _linear_record(manifest: dict[str, Any]) -> dict[str, int] | None:
+    """The linearisation the lin_* columns came from (``screen`` repeats it)."""
+    rec = ((manifest.get("stages") or {}).get("stats") or {}).get("results", {}).get("linear")
+    if not rec or rec.get("skipped"):
+        return None
+    return {"contexts": int(rec["contexts"]), "context_len": int(rec["context_len"])}
 
 __all__ = ["FitConfig", "FitResult", "fit_lines", "load_screening_data", "read_summary",
            "run_fit"]

@@ -53,6 +53,13 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
     s = float(predictor.dose["strength"])
     if stats_cfg.strength != s:
         stats_cfg = replace(stats_cfg, strength=s)
+    default = (StatsConfig.linear_contexts, StatsConfig.linear_len)
+    if "linear" in predictor.trained_on and (stats_cfg.linear_contexts,
+                                             stats_cfg.linear_len) == default:
+        # the training run's linearisation (or none), unless the caller chose one
+        trained = predictor.trained_on["linear"]
+        stats_cfg = replace(stats_cfg, linear_contexts=int(trained["contexts"]) if trained
+                            else 0, linear_len=int(trained["context_len"]) if trained else None)
     uses = [c for c in ("base_pass", "lin_pass") if c in predictor.columns]
     needs_pass = bool(uses)
     if needs_pass and downstream_sae is None and down is None:
