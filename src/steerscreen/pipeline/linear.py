@@ -133,20 +133,13 @@ class LinearTask:
 
 def linear_context(task: LinearTask) -> dict[str, torch.Tensor]:
     """One context's partial forms (``LinearForms.state``, on the CPU). Runs on a Ray worker."""
-    from steerscreen.errors import ArtifactError
-    from steerscreen.models import load_model, model_sha256
+    from steerscreen.pipeline.stats_ray import worker_model
 
     cluster.task_threads(task.task_cpus)
 
     def load() -> HookedModel:
-        m = load_model(task.model, task.device, task.dtype,
-                       trust_remote_code=task.trust_remote_code)
-        got = model_sha256(m)
-        if got != task.model_sha256:
-            raise ArtifactError(f"the model {task.model!r} on this Ray worker differs from the "
-                                f"driver's (sha256 {got[:12]} vs {task.model_sha256[:12]})",
-                                "give every node the same model files (or a hub spec)")
-        return m
+        return worker_model(task.model, task.device, task.dtype, task.trust_remote_code,
+                            task.model_sha256)
 
     model = cluster.worker_cached(("linear", task.model, task.dtype, task.device,
                                    task.model_sha256), load)

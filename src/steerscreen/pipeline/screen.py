@@ -51,15 +51,7 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
     for name in (SCREEN_TABLE, SCREEN_CSV):  # before the stats pass, not after it
         RunDir(out).claim(name)
     s = float(predictor.dose["strength"])
-    if stats_cfg.strength != s:
-        stats_cfg = replace(stats_cfg, strength=s)
-    default = (StatsConfig.linear_contexts, StatsConfig.linear_len)
-    if "linear" in predictor.trained_on and (stats_cfg.linear_contexts,
-                                             stats_cfg.linear_len) == default:
-        # the training run's linearisation (or none), unless the caller chose one
-        trained = predictor.trained_on["linear"]
-        stats_cfg = replace(stats_cfg, linear_contexts=int(trained["contexts"]) if trained
-                            else 0, linear_len=int(trained["context_len"]) if trained else None)
+    stats_cfg = _as_trained(stats_cfg, predictor)
     uses = [c for c in ("base_pass", "lin_pass") if c in predictor.columns]
     needs_pass = bool(uses)
     if needs_pass and downstream_sae is None and down is None:
@@ -100,6 +92,18 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
     run.write_table(SCREEN_TABLE, ranked)
     run.write_bytes(SCREEN_CSV, ranked.write_csv().encode())
     return ScreenResult(ranked, run.file(SCREEN_TABLE), run.file(SCREEN_CSV))
+
+
+def _as_trained(cfg: StatsConfig, predictor: Predictor) -> StatsConfig:
+    """The stats pass at the predictor's strength, with its training run's linearisation (or
+    none) unless the caller chose one."""
+    cfg = replace(cfg, strength=float(predictor.dose["strength"]))
+    default = (StatsConfig.linear_contexts, StatsConfig.linear_len)
+    if "linear" in predictor.trained_on and (cfg.linear_contexts, cfg.linear_len) == default:
+        trained = predictor.trained_on["linear"]
+        cfg = replace(cfg, linear_contexts=int(trained["contexts"]) if trained else 0,
+                      linear_len=int(trained["context_len"]) if trained else None)
+    return cfg
 
 
 def _check_downstream(spec: str, hook: str | None, model_spec: str,

@@ -34,7 +34,7 @@ import torch
 from steerscreen.corpus import Contexts
 from steerscreen.errors import ArtifactError
 from steerscreen.layout import STATS_SHARDS
-from steerscreen.models import load_model, model_sha256
+from steerscreen.models import HookedModel, load_model, model_sha256
 from steerscreen.pipeline import checkpoint, cluster
 from steerscreen.pipeline.runs import RunDir
 from steerscreen.saes.io import load_sae
@@ -92,14 +92,20 @@ def _load(task: ShardTask):  # type: ignore[no-untyped-def]
         raise ArtifactError(f"the SAE {task.sae!r} on this Ray worker differs from the driver's "
                             f"(sha256 {sae.sha256[:12]} vs {task.sae_sha256[:12]})",
                             "give every node the same SAE files (or a hub spec)")
-    model = load_model(task.model, task.device, task.dtype,
-                       trust_remote_code=task.trust_remote_code)
+    return worker_model(task.model, task.device, task.dtype, task.trust_remote_code,
+                        task.model_sha256), sae
+
+
+def worker_model(spec: str, device: str, dtype: str, trust_remote_code: bool, sha256: str
+                 ) -> HookedModel:
+    """The model a Ray worker loads by its spec, refused when it is not the driver's."""
+    model = load_model(spec, device, dtype, trust_remote_code=trust_remote_code)
     got = model_sha256(model)
-    if got != task.model_sha256:
-        raise ArtifactError(f"the model {task.model!r} on this Ray worker differs from the "
-                            f"driver's (sha256 {got[:12]} vs {task.model_sha256[:12]})",
+    if got != sha256:
+        raise ArtifactError(f"the model {spec!r} on this Ray worker differs from the "
+                            f"driver's (sha256 {got[:12]} vs {sha256[:12]})",
                             "give every node the same model files (or a hub spec)")
-    return model, sae
+    return model
 
 
 def shard_bounds(n_contexts: int, shard_contexts: int) -> list[tuple[int, int]]:
@@ -230,4 +236,4 @@ def _stem(i: int) -> str:
 
 
 __all__ = ["SHARD_DIR", "ShardTask", "discard", "ray_pass", "reconcile", "shard_bounds",
-           "stats_shard"]
+           "stats_shard", "worker_model"]
