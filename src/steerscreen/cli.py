@@ -208,7 +208,7 @@ def report(run: Annotated[Path, typer.Option(help="A run folder (stats, steer, f
 _Config = Annotated[Path | None, typer.Option(help="Study config (TOML or YAML; see configs/ and "
                                               "docs/study.md). Default: the embedded study.")]
 _Preset = Annotated[str | None, typer.Option(help="quick (<= 15 min on 2 CPU cores), default "
-                                             "(<= 90 min) or full (the method's sizes; a GPU "
+                                             "(<= 60 min) or full (the method's sizes; a GPU "
                                              "job). Overrides the config's preset.")]
 
 

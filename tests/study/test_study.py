@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -12,14 +13,15 @@ import pytest
 from typer.testing import CliRunner
 
 from steerscreen.cli import app
-from steerscreen.config import PRESETS
+from steerscreen.config import PRESET_VALUES, PRESETS
 from steerscreen.errors import ArtifactError, SpecError
 from steerscreen.pipeline.plan import make_plan
 from steerscreen.pipeline.study import build_config, load_config, run_study
 from tests.stats.test_stage import make_corpus
 from tests.tiny_models import tiny_model
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
+CONFIGS_DIR = Path(__file__).parents[2] / "configs"
+CONFIGS = sorted(CONFIGS_DIR.glob("*.toml"))
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -27,7 +29,16 @@ CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
 def test_the_embedded_study_validates_for_every_preset(preset: str) -> None:
     cfg = load_config(None, preset)
     assert [e.arch for e in cfg.saes] == ["topk", "relu", "jumprelu", "topk"]
-    assert cfg.saes[3].width == 4 * cfg.saes[0].width  # the width question, 4x apart
+    ratio = PRESET_VALUES[preset]["wide_ratio"]  # the width question: 4x apart, 2x by default
+    assert cfg.saes[3].width == ratio * cfg.saes[0].width and ratio >= 2
+    own = PRESET_VALUES[preset].get("sae_epochs", {})  # the wide TopK's and JumpReLU's epochs
+    for e, role in ((cfg.saes[2], "jumprelu"), (cfg.saes[3], "wide")):
+        assert cfg.train_config(e).epochs == own.get(role, cfg.train.epochs)
+    assert cfg.train_config(cfg.saes[0]).epochs == cfg.train.epochs
+    if preset == "default":  # the embedded default study, written out, is the built-in one
+        written = load_config(CONFIGS_DIR / "smollm2-embedded.toml", preset)
+        assert [(e.name, e.arch, e.width, e.hook, e.epochs) for e in written.saes] == [
+            (e.name, e.arch, e.width, e.hook, e.epochs) for e in cfg.saes]
     assert cfg.downstream is not None and cfg.downstream.hook == "blocks.16.hook_resid_post"
     plan = make_plan(cfg)
     assert {s.stage for s in plan.steps} == {"train", "stats", "steer", "fit", "compare",
@@ -69,12 +80,29 @@ def test_configs_cover_the_papers_settings() -> None:
     ({"sae": [{"name": "a/b", "arch": "topk", "hook": "blocks.1.hook_resid_post"}],
       "downstream": {"arch": "topk", "hook": "blocks.3.hook_resid_post"}}, "not a folder name"),
     ({"fit": {"n_splits": 1.5}}, "fit.n_splits = 1.5 is not int"),
+    ({"sae": [{"name": "a", "arch": "topk", "hook": "blocks.1.hook_resid_post", "epochs": 0}],
+      "downstream": {"arch": "topk", "hook": "blocks.3.hook_resid_post"}}, "epochs"),
 ])
 def test_bad_configs_name_the_field_and_the_fix(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError) as e:
         build_config(raw, "quick")
     assert message in e.value.what
     assert e.value.fix
+
+
+def test_an_sae_can_train_longer_than_the_others() -> None:
+    """``[[sae]] epochs`` (the wide SAE's extra optimiser steps) reaches its training config,
+    and so its cache key; the other SAEs keep the [train] section's epochs."""
+    from steerscreen.pipeline.train import cache_key
+
+    hook, down = "blocks.1.hook_resid_post", {"arch": "topk", "hook": "blocks.3.hook_resid_post"}
+    cfg = build_config({"sae": [{"name": "narrow", "hook": hook},
+                                {"name": "wide", "hook": hook, "width": 64, "epochs": 12}],
+                        "downstream": down, "train": {"epochs": 3}}, "quick")
+    narrow, wide = (cfg.train_config(e) for e in cfg.saes)
+    assert (narrow.epochs, wide.epochs) == (3, 12)
+    assert cache_key(wide, "c") != cache_key(dataclasses.replace(wide, epochs=3), "c")
+    assert make_plan(cfg).steps  # the plan charges each SAE its own samples
 
 
 def test_config_files_parse_toml_and_yaml(tmp_path: Path) -> None:

@@ -75,32 +75,43 @@ OWNED: dict[str, tuple[str, ...]] = {
     for s in SECTIONS}
 """Fields the study sets itself in every stage config (never taken from a section)."""
 
-# Sizes per preset for the sections (budgets: quick <= 15 min, default <= 90 min on 2 CPU cores
+# Sizes per preset for the sections (budgets: quick <= 15 min, default <= 60 min on 2 CPU cores
 # for the embedded study; full = the method's defaults, a GPU job). `width` is W of the
-# embedded default study: SAEs of width W and 4W.
+# embedded default study: SAEs of width W and `wide_ratio` W; `sae_epochs` gives the wide TopK
+# and the JumpReLU SAE their own epochs. The steer sizes come from the design study in
+# docs/benchmarks.md#power: at a fixed CPU budget, more features on 4 + 4 contexts of 32 tokens
+# detect a smaller delta rho than fewer features measured more precisely.
 PRESET_VALUES: dict[str, dict[str, Any]] = {
     "quick": {
-        "width": 1024,
+        "width": 1024, "wide_ratio": 4,
+        # 30K tokens x 4 epochs left the 4096-wide TopK 42% dead on held-out text; 12: 1.5%.
+        "sae_epochs": {"wide": 12},
         # ~900 optimiser steps: fewer (batch 1024) left ReLU/JumpReLU far from sparse.
         "train": {"tokens": 30_000, "epochs": 4, "batch_size": 128, "heldout_tokens": 5_000},
-        "stats": {"tokens": 15_000, "final_norm_contexts": 16, "linear_contexts": 8,
+        # 4 linearisation contexts, like the 4 steering contexts: 8 took 240 s of 947.
+        "stats": {"tokens": 15_000, "final_norm_contexts": 16, "linear_contexts": 4,
                   "linear_len": 32},
-        "steer": {"features": 48, "random_directions": 16, "contexts": 8, "fresh_contexts": 8,
+        "steer": {"features": 96, "random_directions": 16, "contexts": 4, "fresh_contexts": 4,
                   "context_len": 32, "calibration_contexts": 8, "calibration_directions": 16,
                   "pass_positions": 128},
         "fit": {"n_repeats": 3, "n_permutations": 50},
     },
     "default": {
-        "width": 2048,
-        "train": {"tokens": 100_000, "epochs": 4, "batch_size": 512, "heldout_tokens": 10_000},
-        "stats": {"tokens": 50_000, "linear_len": 32},
-        "steer": {"features": 192, "random_directions": 32, "contexts": 16,
-                  "fresh_contexts": 16, "context_len": 32},
+        # 2W, not 4W: an 8192-wide TopK needs more training than this budget holds to get
+        # under 10% dead (docs/benchmarks.md#power).
+        "width": 2048, "wide_ratio": 2,
+        # JumpReLU's recipe (thresholds only, lr 3e-3) is tuned for ~800 steps: 4 epochs at
+        # batch 128 (3,125 steps) left it 52.7% dead; 1 epoch is 781 steps.
+        "sae_epochs": {"jumprelu": 1},
+        "train": {"tokens": 100_000, "epochs": 4, "batch_size": 128, "heldout_tokens": 10_000},
+        "stats": {"tokens": 50_000, "linear_contexts": 8, "linear_len": 32},
+        "steer": {"features": 1280, "random_directions": 32, "contexts": 4,
+                  "fresh_contexts": 4, "context_len": 32, "pass_positions": 128},
         "fit": {},
     },
-    "full": {"width": 4096, "train": {}, "stats": {}, "steer": {}, "fit": {}},
+    "full": {"width": 4096, "wide_ratio": 4, "train": {}, "stats": {}, "steer": {}, "fit": {}},
 }
-PRESET_BUDGET_S = {"quick": 15 * 60, "default": 90 * 60, "full": None}
+PRESET_BUDGET_S = {"quick": 15 * 60, "default": 60 * 60, "full": None}
 
 
 @dataclass
@@ -121,6 +132,10 @@ class SAEEntry:
     """Which comparison the SAE belongs to: "architecture" and/or "width"."""
     k: int | None = None
     """Trained TopK SAEs: k (default: the [train] section's)."""
+    epochs: int | None = None
+    """Trained SAEs: passes over the training tokens (default: the [train] section's). A wide
+    TopK needs more optimiser steps before AuxK revives its dead features, and JumpReLU's recipe
+    fewer (docs/benchmarks.md#power)."""
 
     @property
     def trained(self) -> bool:
@@ -188,7 +203,7 @@ class StudyConfig:
                 "trust_remote_code": self.trust_remote_code}
 
     def train_config(self, entry: SAEEntry) -> TrainConfig:
-        extra = {"k": entry.k} if entry.k is not None else {}
+        extra = {f: getattr(entry, f) for f in ("k", "epochs") if getattr(entry, f) is not None}
         return TrainConfig(**{**dataclasses.asdict(self.train), **extra}, model=self.model,
                            hook=entry.hook or "", arch=entry.arch,  # type: ignore[arg-type]
                            width=int(entry.width or 0), corpus=self.corpus, dtype=self.dtype,
@@ -240,10 +255,13 @@ def changed(obj: Any, *skip: str) -> dict[str, Any]:
 
 
 def embedded_saes(width: int, hook: str = "blocks.12.hook_resid_post",
-                  down_hook: str = "blocks.16.hook_resid_post"
-                  ) -> tuple[list[SAEEntry], SAEEntry]:
+                  down_hook: str = "blocks.16.hook_resid_post", wide_ratio: int = 4,
+                  epochs: dict[str, int] | None = None) -> tuple[list[SAEEntry], SAEEntry]:
     """The default study's SAEs: TopK, ReLU and JumpReLU of width W at ``hook`` (architecture),
-    TopK at W and 4W (width); S' a TopK of width W at ``down_hook``."""
+    TopK at W and ``wide_ratio`` W (width); S' a TopK of width W at ``down_hook``. ``epochs``
+    ("wide", "jumprelu"): those SAEs' own passes over the tokens (default the [train]
+    section's)."""
+    epochs = epochs or {}
     layer = parse_hook(hook)[0]
     saes = [
         SAEEntry(f"l{layer}-topk-{width}", arch="topk", width=width, hook=hook,
@@ -251,9 +269,9 @@ def embedded_saes(width: int, hook: str = "blocks.12.hook_resid_post",
         SAEEntry(f"l{layer}-relu-{width}", arch="relu", width=width, hook=hook,
                  roles=["architecture"]),
         SAEEntry(f"l{layer}-jumprelu-{width}", arch="jumprelu", width=width, hook=hook,
-                 roles=["architecture"]),
-        SAEEntry(f"l{layer}-topk-{4 * width}", arch="topk", width=4 * width, hook=hook,
-                 roles=["width"]),
+                 roles=["architecture"], epochs=epochs.get("jumprelu")),
+        SAEEntry(f"l{layer}-topk-{wide_ratio * width}", arch="topk", width=wide_ratio * width,
+                 hook=hook, roles=["width"], epochs=epochs.get("wide")),
     ]
     down = SAEEntry(f"l{parse_hook(down_hook)[0]}-topk-{width}-downstream", arch="topk",
                     width=width, hook=down_hook)
@@ -330,17 +348,19 @@ def build_config(raw: dict[str, Any], preset: str, source: str | None = None) ->
             raise SpecError(f"[{section}] must be a table of settings",
                             f"write [{section}] followed by key = value lines")
         setattr(cfg, section, _settings(section, {**base[section], **_section(section, given)}))
-    cfg.saes, cfg.downstream = _saes(raw, width)
+    cfg.saes, cfg.downstream = _saes(raw, width, base)
     _check_study(cfg)
     return cfg
 
 
-def _saes(raw: dict[str, Any], width: int) -> tuple[list[SAEEntry], SAEEntry]:
+def _saes(raw: dict[str, Any], width: int, base: dict[str, Any]
+          ) -> tuple[list[SAEEntry], SAEEntry]:
     if "sae" not in raw:
         if "downstream" in raw:
             raise SpecError("a [downstream] table without [[sae]] tables",
                             "list the SAEs to compare as [[sae]] tables")
-        return embedded_saes(width)  # the built-in embedded study, sized by the preset
+        # the built-in embedded study, sized by the preset
+        return embedded_saes(width, wide_ratio=base["wide_ratio"], epochs=base.get("sae_epochs"))
     tables = raw["sae"]
     if not isinstance(tables, list) or not tables:
         raise SpecError("`sae` must be a list of SAE tables", "write one [[sae]] table per "

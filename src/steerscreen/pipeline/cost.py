@@ -432,7 +432,7 @@ def _train_costs(su: _Setup) -> list[StageCost]:
         note=f"activations on the host: {n_tok * dims.d_model * 4 * hooks / GiB:.1f} GiB")]
     for e in trained:
         f = int(e.width or 0)
-        samples = tr["tokens"] * tr["epochs"]
+        samples = tr["tokens"] * (e.epochs or tr["epochs"])
         out.append(StageCost(  # forward + backward of encoder and decoder: 12 d F
             "train", e.name, Work(), Work(), Work(fp32=12.0 * samples * dims.d_model * f), 0,
             4 * su.sae_bytes(f) + 4.0 * tr["batch_size"] * (3 * f + 4 * dims.d_model)))

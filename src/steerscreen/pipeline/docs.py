@@ -120,8 +120,8 @@ def _top_fields() -> list[str]:
     for name in TOP_FIELDS:
         if name == "width":
             out.append("| `width` | int | preset | W of the built-in embedded study: SAEs of "
-                       "width W and 4W (used when the file lists no [[sae]]; also the default "
-                       "width of trained [[sae]] entries) |")
+                       "width W and `wide_ratio` W, see Presets (used when the file lists no "
+                       "[[sae]]; also the default width of trained [[sae]] entries) |")
             continue
         if name in STAGE_CLASSES:
             out.append(f"| `[{name}]` | table | preset | the {name} stage's settings (below) |")
@@ -157,6 +157,12 @@ def _presets() -> list[str]:
     out.append("| budget | " + " | ".join(budget) + " |")
     out.append("| `width` | " + " | ".join(str(PRESET_VALUES[p]["width"]) for p in PRESETS)
                + " |")
+    out.append("| `wide_ratio` (the width comparison's TopK) | " + " | ".join(
+        str(PRESET_VALUES[p]["wide_ratio"]) for p in PRESETS) + " |")
+    for role, what in (("wide", "the wide TopK"), ("jumprelu", "the JumpReLU SAE")):
+        out.append(f"| epochs of {what} | " + " | ".join(
+            str(PRESET_VALUES[p].get("sae_epochs", {}).get(role) or "(train.epochs)")
+            for p in PRESETS) + " |")
     for section in STAGE_CLASSES:
         for k in sorted({k for p in PRESETS for k in PRESET_VALUES[p][section]}):
             vals = [_fmt(PRESET_VALUES[p][section].get(k, "(default)")).strip('"')

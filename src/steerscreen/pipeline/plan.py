@@ -19,9 +19,16 @@ _CPU_RATES = {
     "embedded:smollm2-135m": {
         "layer_tokens_per_s": 15_000.0,  # bare forward to layer 12: 1,168 tokens/s x 13 layers
         "n_layers": 30,
-        "train_samples_per_s_4096": 4_300.0,  # SAELens SAETrainer, TopK 576 x 4096
+        # SAELens SAETrainer, TopK 576 x 4096 at batch 128 (the presets'): 360K samples in 162 s
+        # (benchmarks/dead_features.py); a 1024-wide SAE takes about 0.4 as long, not a quarter
+        "train_samples_per_s_4096": 2_200.0,
         "table_s_per_4096": 18.0,  # feature_stats + examples for 4,096 features
-        "steer_s_per_position": 2.2e-3,  # engine: 287 s for 64 x 32 x 63 steered positions
+        # engine at the presets' T = 32: 0.274-0.303 s per direction on 4 + 4 contexts (248
+        # steered positions; docs/benchmarks.md#power), clean passes included
+        "steer_s_per_position": 1.25e-3,
+        "dose_stats_s_per_128_positions": 35.0,  # base_pass + lin_pass, once per run: 25-39 s
+        # linear response: 238.8 s for 8 x 32 positions (benchmarks/linear_response.py)
+        "linear_s_per_position": 0.93,
         "stats_overhead": 1.2,
     },
 }
@@ -67,10 +74,10 @@ def make_plan(cfg: StudyConfig) -> Plan:
         steps.append(PlanStep("train", "study", f"collect {n_tok:,} tokens of activations "
                               f"(layers 0..{depth - 1})", est))
         for e in trained:
-            samples = tr["tokens"] * tr["epochs"]
+            samples = tr["tokens"] * (e.epochs or tr["epochs"])
             est = None
             if rates:
-                est = samples / rates["train_samples_per_s_4096"] * max(1.0, (e.width or 0)
+                est = samples / rates["train_samples_per_s_4096"] * max(0.4, (e.width or 0)
                                                                         / 4096)
             steps.append(PlanStep("train", e.name, f"{e.arch} SAE, {e.width:,} features at "
                                   f"{e.hook}: {samples:,} samples", est))
@@ -79,6 +86,7 @@ def make_plan(cfg: StudyConfig) -> Plan:
     steer_pos = positions * ctx * (sr["context_len"] - 1)
     calibrated = sr["strengths"] is None
     n_strengths = 1 if calibrated else len(sr["strengths"])
+    linearised: set[str] = set()  # the linear response runs once per hook (shared by its SAEs)
     for i, e in enumerate(cfg.saes):
         layer = HookPoint.parse(e.hook).layer if e.hook else None
         width = e.width
@@ -86,11 +94,16 @@ def make_plan(cfg: StudyConfig) -> Plan:
         if rates and layer is not None and width:
             est = (st["tokens"] * (layer + 1) / rates["layer_tokens_per_s"]
                    * rates["stats_overhead"] + rates["table_s_per_4096"] * width / 4096)
+            if st["linear_contexts"] and e.hook not in linearised:
+                linearised.add(e.hook or "")
+                est += (st["linear_contexts"] * (st["linear_len"] or st["context_len"])
+                        * rates["linear_s_per_position"])
         steps.append(PlanStep("stats", e.name, f"{st['tokens']:,} tokens, every docs/method.md §1 "
                               "column", est))
         est = None
         if rates:
-            est = steer_pos * n_strengths * rates["steer_s_per_position"]
+            est = (steer_pos * n_strengths * rates["steer_s_per_position"]
+                   + rates["dose_stats_s_per_128_positions"] * sr["pass_positions"] / 128)
             if calibrated and i == 0:  # once per study (shared by the runs)
                 est += (3 * sr["calibration_directions"] * sr["calibration_contexts"]
                         * (sr["context_len"] - 1) * rates["steer_s_per_position"])
