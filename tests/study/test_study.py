@@ -98,7 +98,8 @@ def test_an_sae_can_train_longer_than_the_others() -> None:
     hook, down = "blocks.1.hook_resid_post", {"arch": "topk", "hook": "blocks.3.hook_resid_post"}
     cfg = build_config({"sae": [{"name": "narrow", "hook": hook},
                                 {"name": "wide", "hook": hook, "width": 64, "epochs": 12}],
-                        "downstream": down, "train": {"epochs": 3}}, "quick")
+                        "downstream": down, "train": {"epochs": 3},
+                        "steer": {"features": 16}}, "quick")
     narrow, wide = (cfg.train_config(e) for e in cfg.saes)
     assert (narrow.epochs, wide.epochs) == (3, 12)
     assert cache_key(wide, "c") != cache_key(dataclasses.replace(wide, epochs=3), "c")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from steerscreen.config import PRESET_BUDGET_S, StudyConfig
+from steerscreen.config import PRESET_BUDGET_S, SAEEntry, StudyConfig
 from steerscreen.models import HookPoint
 
 # Measured on 2 CPU cores, SmolLM2-135M (d_model 576, vocabulary 49,152; docs/benchmarks.md).
@@ -60,6 +60,21 @@ def fit_seconds(n_features: int, n_repeats: int, n_permutations: int) -> float:
     return 2.0 + 0.01 * n_permutations + n_repeats * min(5.0, 1.0 + n_features / 70)
 
 
+def _stats_seconds(e: SAEEntry, st: dict[str, Any], rates: dict[str, float],
+                   linearised: set[str]) -> float | None:
+    """One stats stage: the pass, the tables, and the linear response for the first SAE at its
+    hook (``linearised``: the hooks already charged)."""
+    if e.hook is None or not e.width:
+        return None
+    est = (st["tokens"] * (HookPoint.parse(e.hook).layer + 1) / rates["layer_tokens_per_s"]
+           * rates["stats_overhead"] + rates["table_s_per_4096"] * e.width / 4096)
+    if st["linear_contexts"] and e.hook not in linearised:
+        linearised.add(e.hook)
+        est += (st["linear_contexts"] * (st["linear_len"] or st["context_len"])
+                * rates["linear_s_per_position"])
+    return est
+
+
 def make_plan(cfg: StudyConfig) -> Plan:
     rates = _CPU_RATES.get(cfg.model) if cfg.device == "cpu" else None
     tr, st, sr, ft = (cfg.resolved(s) for s in ("train", "stats", "steer", "fit"))
@@ -88,16 +103,7 @@ def make_plan(cfg: StudyConfig) -> Plan:
     n_strengths = 1 if calibrated else len(sr["strengths"])
     linearised: set[str] = set()  # the linear response runs once per hook (shared by its SAEs)
     for i, e in enumerate(cfg.saes):
-        layer = HookPoint.parse(e.hook).layer if e.hook else None
-        width = e.width
-        est = None
-        if rates and layer is not None and width:
-            est = (st["tokens"] * (layer + 1) / rates["layer_tokens_per_s"]
-                   * rates["stats_overhead"] + rates["table_s_per_4096"] * width / 4096)
-            if st["linear_contexts"] and e.hook not in linearised:
-                linearised.add(e.hook or "")
-                est += (st["linear_contexts"] * (st["linear_len"] or st["context_len"])
-                        * rates["linear_s_per_position"])
+        est = _stats_seconds(e, st, rates, linearised) if rates else None
         steps.append(PlanStep("stats", e.name, f"{st['tokens']:,} tokens, every docs/method.md §1 "
                               "column", est))
         est = None
