@@ -105,7 +105,7 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
         "sae_epochs": {"jumprelu": 1},
         "train": {"tokens": 100_000, "epochs": 4, "batch_size": 128, "heldout_tokens": 10_000},
         "stats": {"tokens": 50_000, "linear_contexts": 8, "linear_len": 32},
-        "steer": {"features": 1280, "random_directions": 32, "contexts": 4,
+        "steer": {"features": 1024, "random_directions": 32, "contexts": 4,
                   "fresh_contexts": 4, "context_len": 32, "pass_positions": 128},
         "fit": {},
     },
