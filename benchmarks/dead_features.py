@@ -20,9 +20,10 @@ import time
 import torch
 
 from steerscreen.config import TrainConfig
-from steerscreen.corpus import load_corpus, make_contexts, split_documents
+from steerscreen.corpus import load_corpus
 from steerscreen.models import load_model
-from steerscreen.saes.training import SPLITS, collect_activations, evaluate_sae, fit_sae
+from steerscreen.pipeline.train import training_contexts
+from steerscreen.saes.training import collect_activations, evaluate_sae, fit_sae
 
 
 def main() -> None:
@@ -44,14 +45,11 @@ def main() -> None:
     torch.manual_seed(0)
     model = load_model(args.model, "cpu", "float32")
     corpus = load_corpus(args.corpus)
-    splits = split_documents(len(corpus.documents), SPLITS, 0)
     t0 = time.perf_counter()
-    acts = {}
-    for part, n in (("train", max(tokens)), ("heldout", args.heldout_tokens)):
-        docs = [corpus.documents[j] for j in splits[part]]
-        ctx = make_contexts(docs, model.tokenize, model.bos_id, args.context_len,
-                            n_contexts=-(-n // (args.context_len - 1)))
-        acts[part] = collect_activations(model, ctx, [args.hook])[args.hook]
+    split = TrainConfig(model=args.model, hook=args.hook, tokens=max(tokens),
+                        heldout_tokens=args.heldout_tokens, context_len=args.context_len)
+    acts = {part: collect_activations(model, ctx, [args.hook])[args.hook] for part, ctx in
+            zip(("train", "heldout"), training_contexts(split, corpus, model), strict=True)}
     print(f"{args.model} {args.hook}: {len(acts['train']):,} training and "
           f"{len(acts['heldout']):,} held-out positions in {time.perf_counter() - t0:.0f} s")
     print(f"{'arch':<8} {'width':>6} {'tokens':>7} {'epochs':>6} {'batch':>5} {'steps':>6} "

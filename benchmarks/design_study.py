@@ -34,23 +34,18 @@ import math
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 from scipy import stats as sps
 
 from steerscreen.layout import RunLayout
 from steerscreen.pipeline.fit import FitConfig, load_screening_data
 from steerscreen.screening.analysis import PRIMARY, Fits
-from steerscreen.screening.data import ScreeningData, zscore
+from steerscreen.screening.data import ScreeningData, with_cleanliness
 from steerscreen.screening.inference import correlation
 
 
 def subset(data: ScreeningData, rows: np.ndarray) -> ScreeningData:
     """The run as if only ``rows`` had been steered: cleanliness re-z-scored within them."""
-    t = data.table[np.sort(rows)]
-    for s in data.context_sets:
-        clean = zscore(t[f"effect_stability@{s}"].to_numpy()) - zscore(
-            t[f"collateral_spread@{s}"].to_numpy())
-        t = t.with_columns(pl.Series(f"cleanliness@{s}", clean))
+    t = with_cleanliness(data.table[np.sort(rows)], data.context_sets)
     return ScreeningData(t, data.predictors, data.context_sets, data.strength, data.random)
 
 

@@ -22,10 +22,11 @@ from unittest import mock
 import torch
 
 from steerscreen.config import TrainConfig
-from steerscreen.corpus import load_corpus, make_contexts, split_documents
+from steerscreen.corpus import load_corpus
 from steerscreen.models import load_model
+from steerscreen.pipeline.train import training_contexts
 from steerscreen.saes import training
-from steerscreen.saes.training import SPLITS, collect_activations, fit_sae
+from steerscreen.saes.training import collect_activations, fit_sae
 
 MODELS = {"embedded:smollm2-135m": "blocks.12.hook_resid_post",
           "embedded:gemma3-270m": "blocks.6.hook_resid_post"}
@@ -33,10 +34,9 @@ MODELS = {"embedded:smollm2-135m": "blocks.12.hook_resid_post",
 
 def residuals(spec: str, hook: str, tokens: int, context_len: int) -> torch.Tensor:
     model = load_model(spec, "cpu", "float32")
-    corpus = load_corpus("embedded")
-    docs = [corpus.documents[j] for j in split_documents(len(corpus.documents), SPLITS, 0)["train"]]
-    ctx = make_contexts(docs, model.tokenize, model.bos_id, context_len,
-                        n_contexts=-(-tokens // (context_len - 1)))
+    split = TrainConfig(model=spec, hook=hook, tokens=tokens, heldout_tokens=1,
+                        context_len=context_len)
+    ctx, _ = training_contexts(split, load_corpus("embedded"), model)
     t = time.perf_counter()
     acts = collect_activations(model, ctx, [hook])[hook]
     print(f"{spec}: {len(acts):,} positions at {hook} in {time.perf_counter() - t:.1f} s "

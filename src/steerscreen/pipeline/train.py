@@ -145,8 +145,8 @@ def train_saes(configs: list[TrainConfig], out: str | Path | None = None,
     return result
 
 
-def _contexts(base: TrainConfig, corpus: Corpus, model: HookedModel
-              ) -> tuple[Contexts, Contexts]:
+def training_contexts(base: TrainConfig, corpus: Corpus, model: HookedModel
+                      ) -> tuple[Contexts, Contexts]:
     """Training and held-out contexts from the seeded document split."""
     splits = split_documents(len(corpus.documents), SPLITS, base.seed)
     per_ctx = base.context_len - 1
@@ -161,7 +161,7 @@ def _contexts(base: TrainConfig, corpus: Corpus, model: HookedModel
 def _collect(base: TrainConfig, corpus: Corpus, model: HookedModel, hooks: list[str]
              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One activation pass: (training, held-out) residuals at every hook."""
-    train_ctx, ho_ctx = _contexts(base, corpus, model)
+    train_ctx, ho_ctx = training_contexts(base, corpus, model)
     with progress(True, len(train_ctx) + len(ho_ctx), label="collecting activations",
                   unit="contexts") as advance:
         return (collect_activations(model, train_ctx, hooks, progress=advance),
@@ -264,4 +264,5 @@ __all__ = [
     "config_variants",
     "print_summaries",
     "train_saes",
+    "training_contexts",
 ]

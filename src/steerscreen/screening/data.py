@@ -142,10 +142,7 @@ def screening_data(stats: pl.DataFrame, outcomes: pl.DataFrame, strength: float
         part = feats.filter(pl.col("context_set") == s).select(
             ["feature", *[pl.col(c).alias(f"{c}@{s}") for c in (*OUTCOMES[:2], *SIDE_OUTCOMES)]])
         table = table.join(part, on="feature", how="inner")
-    for s in sets:
-        clean = zscore(table[f"effect_stability@{s}"].to_numpy()) - zscore(
-            table[f"collateral_spread@{s}"].to_numpy())
-        table = table.with_columns(pl.Series(f"cleanliness@{s}", clean))
+    table = with_cleanliness(table, sets)
     random = at.filter(pl.col("direction") == "random")
     swept = [x for x in strengths if x > 0]
     sweep = None
@@ -155,6 +152,16 @@ def screening_data(stats: pl.DataFrame, outcomes: pl.DataFrame, strength: float
         sweep = sweep.with_columns((_z("effect_stability") - _z("collateral_spread")).over(
             ["strength", "context_set"]).alias("cleanliness"))
     return ScreeningData(table.sort("feature"), preds, sets, float(strength), random, sweep)
+
+
+def with_cleanliness(table: pl.DataFrame, sets: list[str]) -> pl.DataFrame:
+    """``cleanliness@SET`` = z(effect_stability) - z(collateral_spread), z over ``table``'s
+    feature rows (so a subset of the features gets its own z, as a run of that size would)."""
+    for s in sets:
+        clean = zscore(table[f"effect_stability@{s}"].to_numpy()) - zscore(
+            table[f"collateral_spread@{s}"].to_numpy())
+        table = table.with_columns(pl.Series(f"cleanliness@{s}", clean))
+    return table
 
 
 def _z(col: str) -> pl.Expr:
