@@ -21,7 +21,7 @@ LAYERS = [
     {"models", "saes", "corpus"},
     {"stats", "steering", "screening", "report"},
     {"pipeline"},
-    {"cli", "cli_options", "__main__"},
+    {"cli", "cli_options", "__main__", "notebook"},
 ]
 """Lowest first: a module may import its own layer and the layers below, never above."""
 
@@ -56,9 +56,24 @@ def _runtime_imports(tree: ast.AST) -> set[str]:
     return out
 
 
+FACADE = ("steerscreen", "steerscreen.notebook")
+"""The one allowed upward edge: the package root re-exports the notebook API lazily (PEP 562
+``__getattr__``), so ``ss.Study`` works while ``import steerscreen`` loads nothing, and no
+module below the top layer can reach the notebook through it."""
+
+
 def _graph() -> dict[str, set[str]]:
-    return {_module(p): _runtime_imports(ast.parse(p.read_text(encoding="utf-8")))
-            for p in PACKAGE.rglob("*.py")}
+    graph = {_module(p): _runtime_imports(ast.parse(p.read_text(encoding="utf-8")))
+             for p in PACKAGE.rglob("*.py")}
+    graph[FACADE[0]].discard(FACADE[1])
+    return graph
+
+
+def test_the_facade_is_lazy() -> None:
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert all(not (isinstance(n, ast.ImportFrom) and n.module and n.module.startswith(
+        "steerscreen")) for n in top), "the package root imports steerscreen modules eagerly"
 
 
 def _area(module: str) -> str:

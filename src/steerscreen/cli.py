@@ -16,51 +16,25 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from steerscreen import __version__
-from steerscreen.cli_options import command, config_options, config_values, flag_param, option
+from steerscreen.cli_options import (
+    RESUME,
+    Commands,
+    argument,
+    command,
+    config_options,
+    config_values,
+    console,
+    flag_param,
+    option,
+)
 from steerscreen.config import FitConfig, ScreenConfig, StatsConfig, SteerConfig, TrainConfig
-from steerscreen.errors import SteerscreenError, from_os_error
-
-INTERRUPTED = "interrupted: everything finished so far is saved; rerun the same command to resume"
-RESUME = ("Continue the {stage} stage recorded in {folder} and fail if it records none (a "
-          "mistyped path fails at once). Rerunning the same command resumes anyway; --resume "
-          "never recomputes with another config and cannot go with --force.")
-
-
-class _Commands(typer.core.TyperGroup):
-    """Every command's last line of defence, in one place: a SteerscreenError, a failed write
-    or Ctrl-C gets its message and exit code instead of a traceback."""
-
-    def invoke(self, ctx):  # type: ignore[no-untyped-def]
-        try:
-            return super().invoke(ctx)
-        except SteerscreenError as e:
-            _fail(e)
-        except OSError as e:
-            err = from_os_error(e)
-            if err is None:
-                raise
-            _fail(err)
-        except KeyboardInterrupt:
-            console.print(f"[bold]{INTERRUPTED}[/]")
-            raise typer.Exit(130) from None
-
 
 app = typer.Typer(name="steerscreen", help="Predict which SAE features will steer cleanly, "
                   "before steering them.", no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False, cls=_Commands)
-console = Console(stderr=True)
-
-
-def _fail(err: SteerscreenError) -> None:
-    # Messages quote user input and specs ("hf:OWNER/REPO[/SUBFOLDER]"): never rich markup.
-    console.print(f"[bold red]error:[/] {escape(err.what)}")
-    if err.fix:
-        console.print(f"[bold]fix:[/] {escape(err.fix)}")
-    raise typer.Exit(err.exit_code)
+                  add_completion=False, cls=Commands)
 
 
 def _log(message: str) -> None:
@@ -139,15 +113,19 @@ def _fit(run: Path, force: bool, resume: bool, **kw: Any) -> None:
 
 
 def _screen(out: Path, top: int, force: bool, **kw: Any) -> None:
-    from steerscreen.pipeline.screen import print_screen, run_screen
+    from steerscreen.pipeline.screen import print_screen, screen
 
-    cfg = ScreenConfig(**config_values(ScreenConfig, kw))
-    res = run_screen(cfg.predictor, cfg.stats_config(strength=0.25), out,
-                     downstream_sae=cfg.downstream_sae, downstream_hook=cfg.downstream_hook,
-                     pass_positions=cfg.pass_positions, force=force, log=_log,
-                     target_kl=cfg.target_kl)
+    res = screen(ScreenConfig(**config_values(ScreenConfig, kw)), out, force=force, log=_log)
     print_screen(res, top)
     console.print(f"-> {escape(str(res.parquet))} and {escape(str(res.csv))}")
+
+
+def _explain(features: list[int], out: Path, force: bool, **kw: Any) -> None:
+    from steerscreen.pipeline.screen import explain_features
+
+    cfg = ScreenConfig(**config_values(ScreenConfig, kw))
+    for card in explain_features(cfg, out, features, force=force, log=_log):
+        print(card.text(), end="\n\n")
 
 
 _OUT_TRAIN = ("Folder for the SAE (SAELens format); with several --arch values, one subfolder per "
@@ -173,6 +151,11 @@ command(app, "screen", [_folder("out", "Folder for the stats and screen.parquet/
                         *config_options(ScreenConfig), option("top", int, 20, "Rows to print."),
                         FORCE], _screen,
         "Rank every feature of an SAE by predicted cleanliness, with no steering.")
+command(app, "explain", [argument("features", list[int], "Feature ids to explain."),
+                         option("out", Path, Path("screen"), "The screen's folder (its stats "
+                                "pass is reused when recorded there)."),
+                         *config_options(ScreenConfig), FORCE], _explain,
+        "Explain features of a screen: rank, predictions, interval, dose, drivers, examples.")
 
 
 @app.command()
@@ -194,12 +177,18 @@ def compare(runs: Annotated[list[Path], typer.Argument(help="Two or more run fol
 
 @app.command()
 def report(run: Annotated[Path, typer.Option(help="A run folder (stats, steer, fit) or a study "
-                                             "folder (study.json, runs/NAME/, comparison/).")]
-           ) -> None:
+                                             "folder (study.json, runs/NAME/, comparison/).")],
+           feature: Annotated[list[int] | None, typer.Option(
+               help="Also show this feature of a run on a card, with its steered text "
+               "(loads the model; repeat for several).")] = None) -> None:
     """Write the self-contained HTML report of a run or study (+ figures/, summary.md)."""
     from steerscreen.report import write_report
 
-    res = write_report(run)
+    if feature:  # the model loads only for this (a report alone takes seconds)
+        from steerscreen.pipeline.generate import requested
+
+        requested(run, feature, log=_log)
+    res = write_report(run, features=feature or ())
     console.print(f"[bold]report[/] ({res.kind}): {len(res.figures)} figures, "
                   f"{res.seconds:.1f} s\n  -> {escape(str(res.html))}\n  -> "
                   f"{escape(str(res.summary))}")

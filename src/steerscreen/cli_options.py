@@ -5,6 +5,7 @@
 default = the field's default, required when it has none) plus a few command-level parameters
 (``--out``, ``--force`` ...). The body receives the config's keyword arguments and the rest, so
 the CLI cannot drift from the config: a new field is a new option, documented once.
+:class:`Commands` is every command's last line of defence (errors, failed writes, Ctrl-C).
 
 Field metadata (set with ``steerscreen.config.stages.flag`` / ``hidden``): ``flag`` (the option
 name), ``cli: False`` (not offered), ``parse``: ``floats`` (a comma list of numbers),
@@ -21,10 +22,46 @@ from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from steerscreen.config import ClusterOptions, field_docs
-from steerscreen.errors import SteerscreenError
+from steerscreen.errors import SteerscreenError, from_os_error
+
+INTERRUPTED = "interrupted: everything finished so far is saved; rerun the same command to resume"
+RESUME = ("Continue the {stage} stage recorded in {folder} and fail if it records none (a "
+          "mistyped path fails at once). Rerunning the same command resumes anyway; --resume "
+          "never recomputes with another config and cannot go with --force.")
+
+
+class Commands(typer.core.TyperGroup):
+    """Every command's last line of defence, in one place: a SteerscreenError, a failed write
+    or Ctrl-C gets its message and exit code instead of a traceback."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except SteerscreenError as e:
+            _fail(e)
+        except OSError as e:
+            err = from_os_error(e)
+            if err is None:
+                raise
+            _fail(err)
+        except KeyboardInterrupt:
+            console.print(f"[bold]{INTERRUPTED}[/]")
+            raise typer.Exit(130) from None
+
+
+console = Console(stderr=True)
+
+
+def _fail(err: SteerscreenError) -> None:
+    # Messages quote user input and specs ("hf:OWNER/REPO[/SUBFOLDER]"): never rich markup.
+    console.print(f"[bold red]error:[/] {escape(err.what)}")
+    if err.fix:
+        console.print(f"[bold]fix:[/] {escape(err.fix)}")
+    raise typer.Exit(err.exit_code)
 
 
 def floats(text: str | None, flag: str) -> list[float] | None:
@@ -43,6 +80,12 @@ def option(name: str, tp: Any, default: Any, help: str, *decls: str) -> inspect.
     info = typer.Option(*decls, help=escape(help))
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
         tp, info], default=inspect.Parameter.empty if default is dataclasses.MISSING else default)
+
+
+def argument(name: str, tp: Any, help: str) -> inspect.Parameter:
+    """One positional argument of a command (``FEATURE...`` for a list type)."""
+    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                             annotation=Annotated[tp, typer.Argument(help=escape(help))])
 
 
 def _cli_type(tp: Any, parse: str | None) -> Any:
@@ -106,4 +149,5 @@ def flag_param(name: str, help: str, *decls: str) -> inspect.Parameter:
     return option(name, bool, False, help, *decls)
 
 
-__all__ = ["command", "config_options", "config_values", "flag_param", "floats", "option"]
+__all__ = ["INTERRUPTED", "RESUME", "Commands", "argument", "command", "config_options",
+           "config_values", "flag_param", "floats", "option"]

@@ -10,7 +10,9 @@ The manifest (``manifest.json``) is a JSON object: ``format`` (:data:`MANIFEST_F
 ``created_utc`` / ``updated_utc``, the run's set-up (``model``, ``hook``, ``sae``,
 ``sae_path``, ``corpus``, ``seeds``, ``environment``; after ``steer``: ``dose_mode``,
 ``strengths``, ``alpha``, ``residual_norm``, ``downstream_hook``, ``downstream_sae``,
-``downstream_sae_path``) and ``stages``: one record per stage (:data:`STAGE_RECORD_KEYS`).
+``downstream_sae_path``), ``stages``: one record per stage (:data:`STAGE_RECORD_KEYS`), and
+after a run's own screen (``pipeline.screen.screen_run``) ``screen``: the hashes and
+``target_kl`` that ``screen.parquet`` was ranked from.
 
 Torch-free and cheap to import: reading a manifest must not cost a model library.
 """
@@ -49,6 +51,10 @@ FEATURE_DOSE_STATS = "feature_dose_stats.parquet"
 CONTEXTS = "contexts.parquet"
 STEERING_OUTCOMES = "steering_outcomes.parquet"
 STEERING_GRAM = "steering_gram.parquet"
+STEERING_TOKENS = "steering_tokens.parquet"
+"""The steer stage's measured top-10 promoted and suppressed tokens per steered row."""
+STEERED_TEXT = "steered_text.parquet"
+"""Greedy continuations clean, at the run's dose and at twice it (``pipeline.generate``)."""
 SCREENING = "screening"
 SCREENING_TABLES = ("cv_metrics", "comparisons", "confounds", "heldout", "predictions")
 """``screening/NAME.parquet``, written by ``fit``."""
@@ -73,10 +79,11 @@ LINEAR_CHECKPOINT = ".linear_checkpoint"
 """The linear response's running sums (only while the stats stage runs)."""
 
 RUN_OUTPUTS = frozenset({MANIFEST, FEATURE_STATS, FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS,
-                         FEATURE_DOSE_STATS, CONTEXTS, STEERING_OUTCOMES, STEERING_GRAM, SCREENING,
-                         SCREEN_TABLE, SCREEN_CSV, REPORT, REPORT_SUMMARY, FIGURES, STATS_SHARDS,
-                         STEER_SHARDS, CHECKPOINT, LINEAR_CONTEXTS, LINEAR_FORMS,
-                         LINEAR_CHECKPOINT})
+                         FEATURE_DOSE_STATS, CONTEXTS, STEERING_OUTCOMES, STEERING_GRAM,
+                         STEERING_TOKENS, STEERED_TEXT, SCREENING,
+                         SCREEN_TABLE, SCREEN_CSV, REPORT, REPORT_SUMMARY,
+                         FIGURES, STATS_SHARDS, STEER_SHARDS, CHECKPOINT, LINEAR_CONTEXTS,
+                         LINEAR_FORMS, LINEAR_CHECKPOINT})
 """Every name steerscreen writes at the top of a run folder: only their temp files are its own."""
 TRAINING_SUMMARY = "training_summary.json"
 """Beside a trained SAE's files: its config, held-out evaluation and cache key."""
@@ -94,8 +101,10 @@ COMPARISON_RECORD = "comparison.json"
 WRITTEN_BY = {**dict.fromkeys((FEATURE_STATS, FEATURE_EXAMPLES, FEATURE_LOGIT_TOKENS,
                                LINEAR_CONTEXTS, LINEAR_FORMS),
                              "`steerscreen stats`"),
-              **dict.fromkeys((FEATURE_DOSE_STATS, CONTEXTS, STEERING_OUTCOMES, STEERING_GRAM),
-                              "`steerscreen steer`")}
+              **dict.fromkeys((FEATURE_DOSE_STATS, CONTEXTS, STEERING_OUTCOMES, STEERING_GRAM,
+                               STEERING_TOKENS), "`steerscreen steer`"),
+              STEERED_TEXT: "`steerscreen.pipeline.generate.run_generations` (the study runs "
+                            "it for the report's cards)"}
 """Which command regenerates a run file (for the fix line of an error about it)."""
 
 
@@ -228,6 +237,8 @@ class RunLayout:
     CONTEXTS = CONTEXTS
     STEERING_OUTCOMES = STEERING_OUTCOMES
     STEERING_GRAM = STEERING_GRAM
+    STEERING_TOKENS = STEERING_TOKENS
+    STEERED_TEXT = STEERED_TEXT
     SCREENING = SCREENING
     REPORT = REPORT
 

@@ -262,6 +262,11 @@ CASES = [
          detail="already holds a stats stage with a different config (recorded -> new: seed: "
          "0 -> 1)"),
     Case("steer-no-stats", steer(), "holds no complete stats stage", out="empty_dir"),
+    Case("explain-feature", ["explain", "--predictor", "{out}/predictor.json", "--sae", "{sae}",
+                             "--model", "local:{model}", "--out", "{out}", "3", "100000"],
+         "are not features of", detail="feature id(s) 100000 are not features of"),
+    Case("report-feature-study", ["report", "--run", "{out}", "--feature", "3"],
+         "--feature needs a run folder"),
     # config
     Case("config-unknown-field", ["run", "--config", "{study}", "--out", "{out}"],
          "unknown field", detail="unknown field 'modle' (did you mean 'model'?)"),

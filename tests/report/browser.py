@@ -75,3 +75,67 @@ def check_pages(pages: list[tuple[Path, tuple[str, ...], str]]) -> None:
             browser.close()
     for _, _, shot in pages:
         assert (ARTIFACTS / shot).stat().st_size > 10_000
+
+
+OVERFLOW_JS = """() => {
+  document.querySelectorAll('details').forEach((d) => { d.open = true; });
+  const out = [];
+  for (const c of document.querySelectorAll('td, th')) {
+    if (c.scrollWidth > c.clientWidth + 1) {
+      out.push(`cell ${c.closest('section')?.id}: ${c.scrollWidth} > ${c.clientWidth} `
+               + JSON.stringify(c.textContent.slice(0, 60)));
+    }
+  }
+  for (const t of document.querySelectorAll('table')) {
+    const box = t.parentElement, w = t.getBoundingClientRect().width;
+    if (w > box.clientWidth + 1) {
+      out.push(`table ${t.closest('section')?.id}: ${w} > ${box.clientWidth}`);
+    }
+  }
+  const main = document.querySelector('main');
+  if (main.scrollWidth > main.clientWidth + 1 || document.documentElement.scrollWidth
+      > window.innerWidth) out.push('the page scrolls sideways');
+  return out;
+}"""
+"""Every cell, table and the page itself that is wider than its box (details opened first)."""
+
+
+def check_fits(html: Path, width: int = 1400) -> None:
+    """At a ``width`` px viewport no td/th content overflows its cell, no table is wider than
+    its container and the page does not scroll sideways."""
+    sync_playwright = browser_or_skip()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(html.resolve().as_uri(), wait_until="load")
+            problems = page.evaluate(OVERFLOW_JS)
+            assert not problems, problems
+        finally:
+            browser.close()
+
+
+def guarded_page(browser, html: Path, width: int = 1400):
+    """``html`` opened in a new page that records console errors, page errors, dialogs and any
+    request other than file: and data: (aborted) into the returned list."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+
+    def dialog(d) -> None:
+        problems.append(f"dialog {d.message}")
+        d.dismiss()
+
+    page.on("dialog", dialog)
+
+    def route(r) -> None:
+        if r.request.url.startswith(("file:", "data:")):
+            r.continue_()
+        else:
+            problems.append(f"request {r.request.url}")
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(html.resolve().as_uri(), wait_until="load")
+    return page, problems

@@ -168,4 +168,5 @@ def naive_outcomes(model, sae_down, hook: str, down_hook: str, direction: np.nda
         "n_suppressed": suppressed / n_pos,
         "n_positions": n_pos,
         "targets": targets,
+        "m": m,
     }

@@ -24,7 +24,8 @@ C, T = 4, 9
 TARGETS = np.arange(2, 12)
 KEYS = {"effect_stability", "gram", "effect_stability_logit", "collateral_spread",
         "n_spread_positions", "collateral_spread_union", "collateral_mass", "collateral_out",
-        "effect_kl", "target_gain", "n_recruited", "n_suppressed", "n_positions", "targets"}
+        "effect_kl", "target_gain", "n_recruited", "n_suppressed", "n_positions", "targets",
+        "m"}
 
 
 def tiny_sae(arch: str = "standard", centre: bool = False) -> LoadedSAE:

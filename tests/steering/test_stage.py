@@ -357,3 +357,30 @@ def test_equal_kl_refusals(base) -> None:
     with pytest.raises(SteerscreenError, match=r"no linear_forms\.safetensors"):
         steer(base, out, dose="equal-kl")
     assert not (out / RunDir.STEERING_OUTCOMES).exists()
+
+
+def test_stored_top_tokens_match_the_naive_oracle(base, fixed) -> None:
+    """steering_tokens.parquet: the 10 largest / smallest entries of m = mean_c d_c, as the
+    oracle computes them from its own hooked forwards."""
+    tokens = pl.read_parquet(fixed["out"] / RunDir.STEERING_TOKENS)
+    assert set(tokens["kind"].to_list()) == {"promoted", "suppressed"}
+    assert tokens.height == 6 * 2 * 2 * 20  # every outcome row, 10 of each kind
+    W = base["sae"].sae.W_dec.detach().double()
+    ctx = fixed["contexts"]
+    unembed = base["model"].unembed()
+    rows = fixed["outcomes"].filter((pl.col("strength") == 0.6) & (pl.col("feature") >= 0))
+    for row in rows.head(4).iter_rows(named=True):
+        f, cs = row["feature"], row["context_set"]
+        v = W[f] / W[f].norm()
+        ids = np.array(ctx.filter(pl.col("set") == cs)["token_ids"].to_list())
+        top = torch.topk(unembed.direct_logits(v.float()[None])[0], 10).indices.numpy()
+        m = naive_outcomes(base["model"], base["down"], HOOK, DOWN_HOOK, v.float().numpy(),
+                           row["alpha"], ids, top)["m"]
+        mine = tokens.filter((pl.col("feature") == f) & (pl.col("context_set") == cs)
+                             & (pl.col("strength") == 0.6))
+        for kind, order in (("promoted", np.argsort(-m)), ("suppressed", np.argsort(m))):
+            got = mine.filter(pl.col("kind") == kind).sort("rank")
+            assert got["rank"].to_list() == list(range(1, 11))
+            assert got["token_id"].to_list() == order[:10].tolist(), (f, cs, kind)
+            np.testing.assert_allclose(got["value"].to_numpy(), m[order[:10]], rtol=1e-4,
+                                       atol=1e-9)

@@ -172,3 +172,13 @@ def test_cli_plan_and_its_errors() -> None:
     assert zero.exit_code == 2 and "at least 1" in zero.output
     missing = runner.invoke(app, ["plan", "--config", "no/such.toml"])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_the_plan_charges_the_steered_text_of_every_card() -> None:
+    from steerscreen.pipeline.plan import CARD_FEATURES, make_plan
+    from steerscreen.report.cards import N_CARDS
+
+    assert CARD_FEATURES == 2 * N_CARDS
+    plan = make_plan(_cfg())
+    screens = [s for s in plan.steps if s.stage == "screen"]
+    assert len(screens) == len(_cfg().saes) and all(s.estimate_s > 0 for s in screens)

@@ -41,8 +41,8 @@ def test_the_embedded_study_validates_for_every_preset(preset: str) -> None:
             (e.name, e.arch, e.width, e.hook, e.epochs) for e in cfg.saes]
     assert cfg.downstream is not None and cfg.downstream.hook == "blocks.16.hook_resid_post"
     plan = make_plan(cfg)
-    assert {s.stage for s in plan.steps} == {"train", "stats", "steer", "fit", "compare",
-                                             "report"}
+    assert {s.stage for s in plan.steps} == {"train", "stats", "steer", "fit", "screen",
+                                             "compare", "report"}
     if preset == "quick":
         assert plan.total_s is not None and plan.total_s <= plan.budget_s
 
@@ -259,3 +259,28 @@ def test_force_recomputes_only_what_the_new_config_changes(study) -> None:
         df = pl.read_parquet(p)
         assert (df["direction"] == "feature").sum() == 10 * 2  # 10 features x 2 context sets
     assert json.loads((out / "study.json").read_text())["config"]["steer"]["features"] == 10
+
+
+def test_the_notebook_opens_the_study_and_its_screens(study) -> None:
+    import steerscreen as ss
+
+    s = ss.Study.open(study["out"])
+    assert list(s.runs) == ["topk-32", "relu-32", "jumprelu-32", "topk-128"]
+    run = s.runs["topk-32"]
+    assert run.outcomes is not None and run.outcomes.height > 0
+    assert run.stats is not None and run.stats.height == 32
+    assert set(run.verdicts) == {"effect_stability", "collateral_spread", "cleanliness"}
+    v = s.verdicts
+    assert {"run", "outcome", "test", "estimate", "lo", "hi", "mde", "underpowered",
+            "verdict"} <= set(v.columns)
+    assert v.height > 0 and set(v["run"]) == set(s.runs)
+    assert s.report == study["out"] / "report.html" and s.transfer is not None
+    # Every run screens its own SAE: every feature ranked, dead last.
+    screen = run.screen
+    assert screen is not None and screen.table.height == 32
+    assert screen.table["rank"].to_list() == list(range(1, 33))
+    assert screen.top(3).height == 3 and "feature" in screen.explain(
+        int(screen.table["feature"][0])).text()
+    assert "<table" in s._repr_html_() and "verdict" in run._repr_html_()
+    with pytest.raises(ArtifactError, match="not a study folder"):
+        ss.Study.open(study["root"])

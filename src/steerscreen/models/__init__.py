@@ -12,8 +12,10 @@ from steerscreen.models.loading import (
     EMBEDDED,
     ModelSpec,
     describe,
+    from_transformers,
     load_model,
     model_sha256,
+    transformers_spec,
 )
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "ModelSpec",
     "Unembed",
     "describe",
+    "from_transformers",
     "load_model",
     "model_sha256",
+    "transformers_spec",
 ]

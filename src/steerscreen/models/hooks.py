@@ -280,6 +280,14 @@ class HookedModel:
                 h.remove()
 
     @contextlib.contextmanager
+    def editing(self, write: Mapping[str | HookPoint, Edit]) -> Iterator[None]:
+        """Apply ``write`` (as :meth:`forward`'s) to every call of ``self.model`` in the block:
+        for passes :meth:`forward` does not make, such as generation with a KV cache."""
+        writes = {self.hook_point(h): f for h, f in write.items()}
+        with self._hooks([], writes, None, {}):
+            yield
+
+    @contextlib.contextmanager
     def _skip_below(self, layer: int, resid_BTD: torch.Tensor) -> Iterator[None]:
         """Run layers ``< layer`` as passthroughs and feed ``resid_BTD`` into ``layer``."""
         tuple_out = self._layers_return_tuple()

@@ -19,7 +19,7 @@ import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -234,6 +234,44 @@ def load_model(
         except Exception as e:  # a corrupt or unsafe weights file: transformers raises many types
             raise _load_error(spec, e) from e
     return HookedModel(model, tok, ms.name, _bos_id(tok))
+
+
+def from_transformers(model: Any, tokenizer: Any, spec: str | None = None) -> HookedModel:
+    """Wrap a Hugging Face causal LM the caller already loaded (a notebook's ``model`` and
+    ``tokenizer``) as a :class:`HookedModel`.
+
+    ``spec`` names the model in the run's manifest and pairs it with SAEs (its
+    :class:`ModelSpec` name); by default it is read from ``model.config._name_or_path``: a hub
+    repo id gives ``hf:ID``, a folder written by ``save_pretrained`` its path, and the folder
+    of an embedded model's GGUF file ``embedded:KEY``. The weights are used as they are (their
+    hash goes into the manifest), never reloaded."""
+    if tokenizer is None:
+        raise SpecError("a Hugging Face model needs its tokenizer",
+                        "pass tokenizer=AutoTokenizer.from_pretrained(...) with the model")
+    spec = spec or transformers_spec(model)
+    return HookedModel(model, tokenizer, ModelSpec.parse(spec).name, _bos_id(tokenizer))
+
+
+def transformers_spec(model: Any) -> str:
+    """The spec of a loaded transformers model, from ``config._name_or_path`` (see
+    :func:`from_transformers`); SpecError when it names nothing steerscreen can load."""
+    name_or_path = str(getattr(model.config, "_name_or_path", "") or "")
+    path = Path(name_or_path) if name_or_path else None
+    if path is not None and path.is_dir():
+        if (path / "config.json").is_file():
+            return str(path)
+        for key, emb in EMBEDDED.items():  # transformers' gguf_file= load names the folder
+            if (path / emb.filename).is_file():
+                return f"embedded:{key}"
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return f"gguf:{ggufs[0]}"
+    elif name_or_path and path_kind(Path(name_or_path)) == "missing" and "/" in name_or_path:
+        return f"hf:{name_or_path}"
+    raise SpecError(f"cannot tell which model this is (config._name_or_path is "
+                    f"{name_or_path!r})",
+                    "pass model_spec= (e.g. hf:HuggingFaceTB/SmolLM2-135M, a local folder, or "
+                    "embedded:smollm2-135m): it names the model in the manifest and pairs SAEs")
 
 
 def _load_error(spec: str, e: Exception) -> ArtifactError:

@@ -35,8 +35,9 @@ _INTRO = """\
 # Studies: `steerscreen run`
 
 A study compares several SAEs on one model (docs/method.md §5): it trains the SAEs it needs, then
-runs `stats -> steer -> fit` for each SAE (one run folder each, the same downstream SAE S' for all),
-compares the runs (transfer) and writes the report.
+runs `stats -> steer -> fit -> screen` for each SAE (one run folder each, the same downstream SAE
+S' for all; the screen ranks every feature of the run's SAE by its own predictor, and the cards'
+features get their steered text), compares the runs (transfer) and writes the report.
 
 ```bash
 steerscreen run --preset quick --out STUDY          # the embedded study, <= 15 min on 2 cores

@@ -15,6 +15,9 @@ from steerscreen.config import PRESET_BUDGET_S, SAEEntry, StudyConfig
 from steerscreen.models import HookPoint
 
 # Measured on 2 CPU cores, SmolLM2-135M (d_model 576, vocabulary 49,152; docs/benchmarks.md).
+CARD_FEATURES = 8
+"""Features a run's report shows on cards (2 x ``report.cards.N_CARDS``; named here so that the
+plan does not import the report and matplotlib)."""
 _CPU_RATES = {
     "embedded:smollm2-135m": {
         "layer_tokens_per_s": 15_000.0,  # bare forward to layer 12: 1,168 tokens/s x 13 layers
@@ -30,13 +33,16 @@ _CPU_RATES = {
         # linear response: 238.8 s for 8 x 32 positions (benchmarks/linear_response.py)
         "linear_s_per_position": 0.93,
         "stats_overhead": 1.2,
+        # greedy continuations, clean / 1x / 2x, 3 prompts x 24 tokens: 7.8-9.7 s for a run's
+        # 8 card features on a quiet machine (model loaded); the screen itself is a table join
+        "generate_s_per_feature": 1.2,
     },
 }
 
 
 @dataclass(frozen=True)
 class PlanStep:
-    stage: str  # train | stats | steer | fit | compare | report
+    stage: str  # train | stats | steer | fit | screen | compare | report
     target: str  # the run (SAE) or "study"
     work: str  # what it computes, in words and counts
     estimate_s: float | None  # None: no estimate for this model/device
@@ -121,6 +127,9 @@ def make_plan(cfg: StudyConfig) -> Plan:
         est = fit_seconds(sr["features"], ft["n_repeats"], ft["n_permutations"]) if rates else None
         steps.append(PlanStep("fit", e.name, f"{ft['n_repeats']} x {ft['n_splits']}-fold CV, "
                               f"{ft['n_permutations']} permutations", est))
+        steps.append(PlanStep("screen", e.name, f"rank every feature; steered text of the "
+                              f"{CARD_FEATURES} cards' features (3 prompts x 24 tokens)",
+                              CARD_FEATURES * rates["generate_s_per_feature"] if rates else None))
     if len(cfg.saes) > 1:
         steps.append(PlanStep("compare", "study", f"transfer between {len(cfg.saes)} runs",
                               10.0 if rates else None))

@@ -12,21 +12,31 @@ cleanliness (dead features last), with intervals and drivers, and the predicted 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from steerscreen.config import StatsConfig
-from steerscreen.errors import SpecError
-from steerscreen.layout import SCREEN_CSV, SCREEN_TABLE, equal_kl_alpha
+from steerscreen.config import ScreenConfig, StatsConfig
+from steerscreen.errors import ArtifactError, SpecError
+from steerscreen.files import sha256_file
+from steerscreen.layout import (
+    FEATURE_DOSE_STATS,
+    PREDICTOR,
+    SCREEN_CSV,
+    SCREEN_TABLE,
+    SCREENING,
+    equal_kl_alpha,
+)
 from steerscreen.models import HookedModel
 from steerscreen.pipeline.runs import RunDir
 from steerscreen.pipeline.stats import run_stats
 from steerscreen.pipeline.steer import base_pass, lin_pass
+from steerscreen.report.explain import Explanation, explain
 from steerscreen.saes.io import LoadedSAE
+from steerscreen.screening.data import DOSE_COLUMNS, with_dose_stats
 from steerscreen.screening.predictor import Predictor
 
 
@@ -77,18 +87,97 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
         cols = _pass_columns(stats_cfg, downstream_sae, downstream_hook, alpha, pass_positions,
                              model, sae, down, uses, scale)
         stats = stats.with_columns([pl.Series(k, v) for k, v in cols.items()])
+    return _write(run, rank_features(predictor, stats, r, target_kl, log))
+
+
+def screen(cfg: ScreenConfig, out: str | Path, *, force: bool = False,
+           log: Callable[[str], None] | None = None, model: HookedModel | None = None,
+           sae: LoadedSAE | None = None, down: LoadedSAE | None = None) -> ScreenResult:
+    """``steerscreen screen``: :func:`run_screen` with a :class:`ScreenConfig` (the CLI and
+    the notebook API, :func:`steerscreen.notebook.screen`, both come through here)."""
+    return run_screen(cfg.predictor, cfg.stats_config(strength=0.25), out,
+                      downstream_sae=cfg.downstream_sae, downstream_hook=cfg.downstream_hook,
+                      pass_positions=cfg.pass_positions, force=force, log=log, model=model,
+                      sae=sae, down=down, target_kl=cfg.target_kl)
+
+
+def explain_features(cfg: ScreenConfig, out: str | Path, features: Sequence[int], *,
+                     force: bool = False, log: Callable[[str], None] | None = None
+                     ) -> list[Explanation]:
+    """``steerscreen explain``: the screen of ``cfg`` in ``out`` (its stats pass reused when
+    recorded there), then one :class:`~steerscreen.report.explain.Explanation` per feature."""
+    from steerscreen.saes.io import read_sae_header
+
+    header = read_sae_header(cfg.sae)  # a feature id out of range fails before the pass
+    bad = [f for f in features if f < 0 or (header is not None and f >= header.d_sae)]
+    if bad or not features:
+        raise SpecError(f"feature id(s) {', '.join(map(str, bad)) or '(none given)'} are not "
+                        f"features of {cfg.sae!r}"
+                        + (f" (ids 0..{header.d_sae - 1})" if header is not None else ""),
+                        "pass one or more feature ids of this SAE after the options")
+    screen(cfg, out, force=force, log=log)
+    predictor = Predictor.load(cfg.predictor)
+    return [explain(out, predictor, int(f)) for f in features]
+
+
+def screen_run(run: str | Path, *, target_kl: float = 0.25,
+               log: Callable[[str], None] | None = None) -> ScreenResult:
+    """Rank every feature of a fitted run's own SAE into ``RUN/screen.parquet`` and ``.csv``.
+
+    No pass over the model: the run's ``feature_stats`` already hold every feature, and its
+    ``feature_dose_stats`` the dose columns at the dose the predictor was trained on (the
+    columns :func:`run_screen` would recompute). A study writes one per run."""
+    rd = RunDir(run)
+    predictor_file = rd.path / SCREENING / PREDICTOR
+    if not predictor_file.is_file():
+        raise ArtifactError(f"{str(rd.path)!r} has no fitted predictor ({SCREENING}/{PREDICTOR})",
+                            f"run `steerscreen fit --run {rd.path}` first")
+    for name in (SCREEN_TABLE, SCREEN_CSV):
+        rd.claim(name)
+    # What the screen is a function of: a rerun of a study with nothing changed keeps it.
+    key = {"target_kl": float(target_kl), **{n: sha256_file(rd.path / n) for n in (
+        f"{SCREENING}/{PREDICTOR}", RunDir.FEATURE_STATS, FEATURE_DOSE_STATS)
+        if (rd.path / n).is_file()}}
+    manifest = rd.read_manifest()
+    if manifest.get("screen") == key and rd.file(SCREEN_TABLE).is_file() \
+            and rd.file(SCREEN_CSV).is_file():
+        return ScreenResult(rd.read_table(SCREEN_TABLE), rd.file(SCREEN_TABLE),
+                            rd.file(SCREEN_CSV))
+    predictor = Predictor.load(predictor_file)
+    dose = (rd.read_table(FEATURE_DOSE_STATS) if rd.file(FEATURE_DOSE_STATS).is_file()
+            else None)
+    stats = with_dose_stats(rd.read_table(RunDir.FEATURE_STATS), dose)
+    res = _write(rd, rank_features(predictor, stats, float(manifest["residual_norm"]),
+                                   target_kl, log))
+    rd.update_manifest({"screen": key})
+    return res
+
+
+def rank_features(predictor: Predictor, stats: pl.DataFrame, r: float, target_kl: float,
+                  log: Callable[[str], None] | None = None) -> pl.DataFrame:
+    """``predictor`` applied to every row of ``stats``, with the predicted dose (alpha and
+    strength for ``target_kl`` nats of KL), ranked cleanest first with dead features last."""
+    lin = (stats["lin_kl"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+           if "lin_kl" in stats.columns else np.full(stats.height, np.nan))
     ranked = predictor.predict(stats)
     pred_alpha = equal_kl_alpha(target_kl, np.exp(lin))
     ranked = ranked.join(pl.DataFrame({
         "feature": stats["feature"], "pred_alpha": pred_alpha, "pred_strength": pred_alpha / r,
         "target_kl": np.full(stats.height, float(target_kl))}), on="feature", how="left")
+    # The dose columns the predictor read exist only here (feature_stats holds NaN): kept, so
+    # an explanation (steerscreen explain) sees the predictor's inputs.
+    dose = [c for c in DOSE_COLUMNS if c in predictor.columns and c in stats.columns]
+    ranked = ranked.join(stats.select(["feature", *dose]), on="feature", how="left")
     flat = [o for o, m in predictor.models.items() if m.alpha is None]
     if flat and log is not None:
         log(f"note: the predictor found no signal for {', '.join(flat)} (its ridge chose the "
             "intercept alone), so those scores are the same for every feature")
     key = [pl.col("dead").cast(pl.Int8)] if "dead" in ranked.columns else []
-    ranked = ranked.sort([*key, pl.col("pred_cleanliness")], descending=[False] * len(key)
-                         + [True], nulls_last=True).with_row_index("rank", offset=1)
+    return ranked.sort([*key, pl.col("pred_cleanliness")], descending=[False] * len(key)
+                       + [True], nulls_last=True).with_row_index("rank", offset=1)
+
+
+def _write(run: RunDir, ranked: pl.DataFrame) -> ScreenResult:
     run.write_table(SCREEN_TABLE, ranked)
     run.write_bytes(SCREEN_CSV, ranked.write_csv().encode())
     return ScreenResult(ranked, run.file(SCREEN_TABLE), run.file(SCREEN_CSV))
@@ -169,4 +258,5 @@ def print_screen(res: ScreenResult, top: int) -> None:
     Console().print(table)
 
 
-__all__ = ["ScreenResult", "print_screen", "run_screen"]
+__all__ = ["ScreenResult", "explain_features", "print_screen", "rank_features", "run_screen",
+           "screen", "screen_run"]

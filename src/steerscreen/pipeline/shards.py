@@ -22,6 +22,7 @@ the folder and drops the shard record (``RunDir.complete_stage``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch
 from steerscreen.errors import ArtifactError
 from steerscreen.files import atomic_path, sha256_file
 from steerscreen.steering.engine import CleanCache, SteeringEngine
-from steerscreen.steering.outcomes import OUTCOME_COLUMNS
+from steerscreen.steering.outcomes import OUTCOME_COLUMNS, EffectTokens
 
 _KEY = ["feature", "strength_index", "context_set"]
 
@@ -64,12 +65,23 @@ def shard_rows(engine: SteeringEngine, cache: CleanCache, context_set: str,
                      "n_contexts": cache.n_contexts, **out.values,
                      "downstream_targets": out.targets.astype(np.int64).tolist(),
                      "gram": out.gram.reshape(-1).tolist(),
+                     **_token_columns(out.tokens),
                      **({"target_kl": dose["target_kl"]} if per_dir else {})})
         if len(rows) >= per_shard:
             yield rows
             rows = []
     if rows:
         yield rows
+
+
+TOKEN_COLUMNS = ("promoted_ids", "promoted", "suppressed_ids", "suppressed")
+"""A shard row's measured top effect tokens (:class:`~steerscreen.steering.outcomes.
+EffectTokens`), as lists."""
+
+
+def _token_columns(t: EffectTokens) -> dict[str, list]:
+    return {"promoted_ids": t.promoted_ids.tolist(), "promoted": t.promoted.tolist(),
+            "suppressed_ids": t.suppressed_ids.tolist(), "suppressed": t.suppressed.tolist()}
 
 
 def write_shard(shard_dir: Path, rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
@@ -96,6 +108,11 @@ def reconcile(shard_dir: Path, recorded: Mapping[str, Mapping[str, Any]]
     for p in on_disk:
         rec = recorded.get(p.name)
         digest = sha256_file(p)
+        if rec is not None and not _has_tokens(p):
+            notes.append(f"shard {p.name} was written by an older steerscreen (no measured top "
+                         "tokens): discarded, its directions are steered again")
+            p.unlink(missing_ok=True)
+            continue
         if rec is not None:
             if digest == rec.get("sha256"):
                 kept[p.name] = {"sha256": digest, "rows": int(rec.get("rows", 0))}
@@ -121,13 +138,23 @@ def reconcile(shard_dir: Path, recorded: Mapping[str, Mapping[str, Any]]
     return kept, notes
 
 
+def _has_tokens(p: Path) -> bool:
+    """Whether a shard holds the top effect tokens (True for an unreadable one: the checks
+    after this one discard it)."""
+    try:
+        names = pl.read_parquet_schema(p)
+    except Exception:  # polars raises several types for a bad file
+        return True
+    return all(c in names for c in TOKEN_COLUMNS)
+
+
 def _readable_rows(p: Path) -> int | None:
-    """Rows of a whole, readable shard, or None."""
+    """Rows of a whole, readable shard with every column this version writes, or None."""
     try:
         df = pl.read_parquet(p)
     except Exception:  # polars raises several types for a bad file
         return None
-    if df.height == 0 or any(c not in df.columns for c in _KEY):
+    if df.height == 0 or any(c not in df.columns for c in (*_KEY, *TOKEN_COLUMNS)):
         return None
     return df.height
 
@@ -139,7 +166,8 @@ def read_shards(shard_dir: Path) -> pl.DataFrame | None:
             frames.append(pl.read_parquet(p))
         except Exception:  # a damaged shard (disk trouble): drop it, its directions rerun
             p.unlink(missing_ok=True)
-    return pl.concat(frames, how="vertical_relaxed") if frames else None
+    # diagonal: a shard of an older steerscreen without the token columns gets nulls there
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
 def done_keys(shard_dir: Path) -> set[tuple[int, int, str]]:
@@ -150,8 +178,20 @@ def done_keys(shard_dir: Path) -> set[tuple[int, int, str]]:
                    df["context_set"].to_list(), strict=True))
 
 
+@dataclass(frozen=True)
+class Gathered:
+    """The steer stage's tables from its shards."""
+
+    outcomes: pl.DataFrame
+    """``steering_outcomes.parquet``."""
+    gram: pl.DataFrame
+    """``steering_gram.parquet``."""
+    tokens: pl.DataFrame
+    """The measured top effect tokens (:func:`effect_token_rows`), not yet decoded."""
+
+
 def gather(shard_dir: Path, ids: np.ndarray, strengths: list[float], sets: list[str]
-            ) -> tuple[pl.DataFrame, pl.DataFrame]:
+           ) -> Gathered:
     df = read_shards(shard_dir)
     want = len(ids) * len(strengths) * len(sets)
     if df is None or df.unique(_KEY).height != want:
@@ -168,4 +208,29 @@ def gather(shard_dir: Path, ids: np.ndarray, strengths: list[float], sets: list[
         key.append("target_kl")
     outcomes = df.select([*key, *OUTCOME_COLUMNS, "downstream_targets"])
     gram = df.select(["feature", "direction", "strength", "context_set", "n_contexts", "gram"])
-    return outcomes, gram
+    return Gathered(outcomes, gram, effect_token_rows(df))
+
+
+def effect_token_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """Shard rows -> one row per (direction, strength, set, kind, rank): feature, direction,
+    strength, context_set, kind (promoted | suppressed), rank (1 = the largest |m_v| of its
+    kind), token_id, value (the entry of m). Rows without tokens (older shards) give none."""
+    key = ["feature", "direction", "strength", "context_set"]
+    frames = []
+    for kind in ("promoted", "suppressed"):
+        if kind not in df.columns:
+            continue
+        frames.append(df.select(*key, pl.col(f"{kind}_ids").alias("token_id"),
+                                pl.col(kind).alias("value"))
+                      .with_columns(pl.lit(kind).alias("kind"),
+                                    pl.int_ranges(1, pl.col("token_id").list.len() + 1)
+                                    .alias("rank"))
+                      .explode("token_id", "value", "rank")
+                      .filter(pl.col("token_id").is_not_null()))
+    if not frames:
+        return pl.DataFrame(schema={**{k: df.schema[k] for k in key}, "kind": pl.String,
+                                    "rank": pl.Int64, "token_id": pl.Int64,
+                                    "value": pl.Float64})
+    return (pl.concat(frames).select(*key, "kind", pl.col("rank").cast(pl.Int64),
+                                     pl.col("token_id").cast(pl.Int64),
+                                     pl.col("value").cast(pl.Float64)))

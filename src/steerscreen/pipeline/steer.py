@@ -52,6 +52,7 @@ from steerscreen.layout import (
     FEATURE_DOSE_STATS,
     LINEAR_FORMS,
     STEER_SHARDS,
+    STEERING_TOKENS,
     analysed_strength,
     equal_kl_alpha,
 )
@@ -68,6 +69,7 @@ from steerscreen.saes.pairing import SAELike, validate_pairing
 from steerscreen.stats.geometry import unit_rows
 from steerscreen.stats.linear import downstream_tangents
 from steerscreen.stats.logits import logit_columns
+from steerscreen.stats.table import decode_rows
 from steerscreen.steering.dose import Calibration, calibrate
 from steerscreen.steering.engine import SteeringEngine, cache_bytes, row_bytes
 from steerscreen.steering.passthrough import passthrough_pr, split_encoder, transported_pr
@@ -81,7 +83,8 @@ from steerscreen.steering.sampling import (
 STAGE = "steer"
 SETS = ("steering", "fresh")
 DOSE_STATS = FEATURE_DOSE_STATS
-OUTPUTS = (RunDir.CONTEXTS, RunDir.STEERING_OUTCOMES, RunDir.STEERING_GRAM, DOSE_STATS)
+OUTPUTS = (RunDir.CONTEXTS, RunDir.STEERING_OUTCOMES, RunDir.STEERING_GRAM, STEERING_TOKENS,
+           DOSE_STATS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,11 +348,14 @@ def _finish(st: StageRun, cfg: SteerConfig, inp: _Inputs, work: _Work,
             cal: Calibration | None, dose_info: dict[str, Any], computed: int) -> SteerResult:
     """Gather the shards into the outcome tables, write and record them."""
     with st.span("write"):
-        outcomes, gram = shards.gather(work.shard_dir, work.ids, work.strengths,
-                                       [s for s in SETS if s in work.sets])
+        got = shards.gather(work.shard_dir, work.ids, work.strengths,
+                            [s for s in SETS if s in work.sets])
+        outcomes = got.outcomes
         outputs = {
             RunDir.STEERING_OUTCOMES: st.run.write_table(RunDir.STEERING_OUTCOMES, outcomes),
-            RunDir.STEERING_GRAM: st.run.write_table(RunDir.STEERING_GRAM, gram),
+            RunDir.STEERING_GRAM: st.run.write_table(RunDir.STEERING_GRAM, got.gram),
+            STEERING_TOKENS: st.run.write_table(STEERING_TOKENS,
+                                                token_rows(got.tokens, inp.model)),
             RunDir.CONTEXTS: {"sha256": sha256_file(st.run.file(RunDir.CONTEXTS))},
             DOSE_STATS: {"sha256": sha256_file(st.run.file(DOSE_STATS))}}
     mode = EQUAL_KL if work.alphas is not None else "calibrated" if cal is not None else "fixed"
@@ -589,6 +595,17 @@ def _steer_local(cfg: SteerConfig, engine: SteeringEngine, sets: dict[str, Conte
                 computed += len(rows)
         del cache
     return computed
+
+
+def token_rows(tokens: pl.DataFrame, model: HookedModel) -> pl.DataFrame:
+    """``steering_tokens.parquet``: the gathered effect tokens with each token decoded on its
+    own (null without a decoding tokenizer), ``token`` beside ``token_id``."""
+    tok = getattr(model, "tokenizer", None)
+    text: list[str | None] = [None] * tokens.height
+    if tokens.height and callable(getattr(tok, "batch_decode", None)):
+        text = decode_rows(tok, tokens["token_id"].to_numpy()[:, None])
+    return tokens.select("feature", "direction", "strength", "context_set", "kind", "rank",
+                         "token_id", pl.Series("token", text, dtype=pl.String), "value")
 
 
 def contexts_frame(sets: dict[str, Contexts]) -> pl.DataFrame:

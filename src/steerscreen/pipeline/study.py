@@ -1,10 +1,12 @@
-"""The main job: train the SAEs a study needs, then stats -> steer -> fit per SAE, compare, report.
+"""The main job: train the SAEs a study needs, then stats -> steer -> fit -> screen per SAE,
+compare, report.
 
 Layout (docs/method.md §5)::
 
     STUDY/study.json            the resolved config, the runs, stage timings, the headline
     STUDY/saes/NAME/            SAEs steerscreen trained (SAELens folders, with their summary)
-    STUDY/runs/NAME/            one run folder per SAE compared
+    STUDY/runs/NAME/            one run folder per SAE compared, with its own screen of every
+                                feature (screen.parquet/csv, ranked by its predictor)
     STUDY/comparison/           transfer.parquet, runs.parquet (steerscreen compare)
     STUDY/report.html           plus figures/ and summary.md
 
@@ -262,8 +264,11 @@ class _Job:
 
 def _run_all(cfg: StudyConfig, job: _Job, paths: dict[str, str], model: Any, force: bool,
              progress: bool, say: Callable[[str], None]) -> list[StudyRun]:
-    """stats -> steer -> fit for every SAE (one run folder each, one S' and dose for all)."""
+    """stats -> steer -> fit -> screen for every SAE (one run folder each, one S' and dose
+    for all), and the steered text of the features the report's cards will show."""
     from steerscreen.pipeline.fit import run_fit
+    from steerscreen.pipeline.generate import card_features, run_generations
+    from steerscreen.pipeline.screen import screen_run
     from steerscreen.pipeline.stats import run_stats
     from steerscreen.pipeline.steer import run_steer
     from steerscreen.saes.io import load_sae
@@ -291,6 +296,9 @@ def _run_all(cfg: StudyConfig, job: _Job, paths: dict[str, str], model: Any, for
         say(f"{step}: fit")
         job.timed(f"fit/{r.name}", lambda run_dir=run_dir: _stage(
             force, lambda f: run_fit(cfg.fit_config(), run_dir, force=f, log=say)))
+        job.timed(f"screen/{r.name}", lambda run_dir=run_dir: screen_run(run_dir, log=say))
+        job.timed(f"generate/{r.name}", lambda run_dir=run_dir: run_generations(
+            run_dir, card_features(run_dir), model=model, log=say))
     return runs
 
 

@@ -8,6 +8,7 @@ is written atomically (temp file + rename).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ from steerscreen.layout import FIGURES, REPORT
 from steerscreen.layout import REPORT_SUMMARY as SUMMARY
 from steerscreen.report.html import GENERATOR, Safe, join, page, tag
 from steerscreen.report.load import RunData, StudyData, load
+from steerscreen.report.screen import page_script
 from steerscreen.report.sections import Plot, Section, run_sections
 from steerscreen.report.study import study_sections
 from steerscreen.report.summary import run_summary, study_summary
@@ -38,8 +40,9 @@ class ReportResult:
     seconds: float
 
 
-def write_report(path: str | Path) -> ReportResult:
-    """Build the report of the run or study at ``path`` (see the module docstring)."""
+def write_report(path: str | Path, features: Sequence[int] = ()) -> ReportResult:
+    """Build the report of the run or study at ``path`` (see the module docstring);
+    ``features``: extra feature cards of a run report (``--feature``)."""
     t0 = time.perf_counter()
     data = load(path)
     root = data.path
@@ -51,15 +54,18 @@ def write_report(path: str | Path) -> ReportResult:
         title = f"steerscreen study report: {data.name}"
         subtitle = f"Study {data.path} · {len(data.runs)} runs · {stamp}"
     else:
-        sections = run_sections(data)
+        sections = run_sections(data, features=features)
         title = f"steerscreen report: {data.name}"
         subtitle = f"Run {data.path} · {stamp}"
     written = {plot.name: _write_png(root, plot) for plot in _plots(sections)}
     html = root / REPORT
     body = join(_render(s) for s in sections)
-    footer = ("Self-contained page: inline styles and images, no scripts, no network. The "
-              f"figures are also in {FIGURES}/, the headline numbers in {SUMMARY}.")
-    _write_text(html, page(title, subtitle, _toc(sections), body, footer))
+    script = page_script(body)
+    footer = ("Self-contained page: inline styles, images and "
+              + ("script (the screen tables'), " if script else "no scripts, ")
+              + f"no network. The figures are also in {FIGURES}/, the headline numbers in "
+              f"{SUMMARY}.")
+    _write_text(html, page(title, subtitle, _toc(sections), body, footer, script))
     summary = root / SUMMARY
     _write_text(summary, _summary(data, sections, written, stamp))
     return ReportResult(html, tuple(written.values()), summary,

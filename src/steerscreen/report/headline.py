@@ -20,6 +20,7 @@ import polars as pl
 
 from steerscreen.report.html import ci, num
 from steerscreen.report.load import RunData
+from steerscreen.screening.inference import POWER_TARGET
 
 OUTCOMES = ("cleanliness", "effect_stability", "collateral_spread")
 """The outcomes the fit predicts, cleanliness (the method's score) first."""
@@ -104,7 +105,7 @@ def verdicts(run: RunData) -> list[Verdict]:
         return []
     cs = run.primary_set
     resid = {r["outcome"]: r for r in s.get("residualised", [])}
-    tests = {(r.get("outcome"), r.get("test")): r for r in s.get("verdict_tests", [])}
+    tests = _tests(s)
     out = []
     for outcome in OUTCOMES:
         verdict = str(s.get("verdicts", {}).get(outcome, "–"))
@@ -139,11 +140,55 @@ def verdicts(run: RunData) -> list[Verdict]:
     return out
 
 
+def _tests(s: dict[str, Any] | None) -> dict[tuple[Any, Any], dict[str, Any]]:
+    return {(r.get("outcome"), r.get("test")): r for r in (s or {}).get("verdict_tests") or []}
+
+
+def outcome_tests(summary: dict[str, Any] | None, outcome: str) -> tuple[Test | None, ...]:
+    """The (beats baselines, survives residualisation) tests of one outcome's verdict."""
+    t = _tests(summary)
+    return (Test.of(t.get((outcome, "beats baselines"))),
+            Test.of(t.get((outcome, "survives residualisation"))))
+
+
 def power_text(mde: float | None, what: str = "Δρ") -> str:
     """``detectable Δρ ≥ 0.12`` (80% power, alpha 0.05), or "–"."""
     if mde is None or not math.isfinite(mde):
         return "–"
     return f"detectable {what} ≥ {mde:.2f}"
+
+
+def underpowered(mde: float | None) -> bool:
+    """The test cannot detect :data:`POWER_TARGET` at 80% power (as the fit decides)."""
+    return mde is None or not (math.isfinite(mde) and mde <= POWER_TARGET)
+
+
+def power_statement(beats: Test | None, survives: Test | None) -> tuple[str, bool]:
+    """The power beside a verdict: ``detectable Δρ ≥ 0.08; detectable residual ρ ≥ 0.11
+    (underpowered)``, and whether either test is underpowered (("–", False) without tests)."""
+    parts = []
+    for t, what in ((beats, "Δρ"), (survives, "residual ρ")):
+        if t is None:
+            continue
+        text = power_text(t.mde, what)
+        text = f"{what}: power unknown" if text == "–" else text
+        parts.append(text + (" (underpowered)" if t.underpowered else ""))
+    weak = any(t is not None and t.underpowered for t in (beats, survives))
+    return "; ".join(parts) or "–", weak
+
+
+def primary_power(p: dict[str, Any]) -> str:
+    """The primary endpoint's power: ``detectable Δρ ≥ 0.05 at 80% power (α = 0.05)``."""
+    text = f"{power_text(p.get('mde'))} at 80% power (α = 0.05)"
+    return text + (f"; underpowered (the target is Δρ = {POWER_TARGET:g})"
+                   if p.get("underpowered") else "")
+
+
+def mde_cell(mde: float | None) -> str:
+    """A detectable-effect cell: ``≥ 0.052``, with "(underpowered)" past the target."""
+    if mde is None or not math.isfinite(float(mde)):
+        return "–" if mde is None else "unknown (underpowered)"
+    return f"≥ {num(mde)}" + (" (underpowered)" if underpowered(float(mde)) else "")
 
 
 def noise_ceiling(run: RunData) -> dict[str, Interval]:
@@ -165,8 +210,10 @@ def selection(run: RunData) -> dict[str, dict[str, Any]]:
     return {r["selector"]: r for r in rows.iter_rows(named=True)}
 
 
-LIN_HEADER = ("ρ lin", "ρ full", "ρ full+lin", "Δρ full+lin − full", "Holm p")
-"""The number columns of a linear-response table (each ρ and Δρ with its 95% CI)."""
+LIN_HEADER = ("ρ lin", "ρ full", "ρ full+lin", "Δρ full+lin − full", "Holm p",
+              "detectable Δρ (80%)")
+"""The number columns of a linear-response table (each ρ and Δρ with its 95% CI), and the
+power of its test."""
 
 
 def linear(run: RunData) -> list[dict[str, Any]]:
@@ -182,7 +229,7 @@ def lin_cells(r: dict[str, Any]) -> tuple[str, ...]:
             ci(r.get("rho_full"), r.get("rho_full_lo"), r.get("rho_full_hi")),
             ci(r.get("rho_full_lin"), r.get("rho_full_lin_lo"), r.get("rho_full_lin_hi")),
             ci(r.get("delta_rho"), r.get("delta_lo"), r.get("delta_hi"), signed=True),
-            num(r.get("p_holm")))
+            num(r.get("p_holm")), mde_cell(r.get("mde")))
 
 
 def lin_good(verdict: str | None) -> bool | None:

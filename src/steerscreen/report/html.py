@@ -3,7 +3,9 @@
 Every string that reaches the page goes through :func:`esc` unless it is :class:`Safe`, and only
 the helpers here create :class:`Safe` values, from escaped parts. So text that comes from data
 (example contexts, decoded tokens, run names, paths, specs) can never inject markup. The page is
-self-contained: inline CSS, images as ``data:`` URIs, system fonts, no scripts.
+self-contained: inline CSS, images as ``data:`` URIs, system fonts, no network. Its one script,
+the screen table's (:mod:`steerscreen.report.screen`), is an inlined constant that writes data as
+text nodes only; its data sits in a JSON block escaped so that no text can end it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def join(parts: Iterable[object], sep: str = "") -> Safe:
     return Safe(esc(sep).join(esc(p) for p in parts))
 
 
-_VOID = frozenset({"img", "br", "hr", "meta"})
+_VOID = frozenset({"img", "br", "hr", "meta", "input"})
 
 
 def tag(name: str, *body: object, **attrs: object) -> Safe:
@@ -237,6 +239,32 @@ mark { background: #ffe08a; padding: 0 .1em; border-radius: 2px; }
        font-size: .84rem; }
 .tok code { background: none; padding: 0; white-space: pre; }
 .tok small { color: var(--muted); margin-left: .25rem; }
+table.endpoints { width: 100%; font-size: .85rem; }
+table.endpoints td:last-child { width: 34%; }
+table.endpoints .verdict { margin: 0 0 .3rem; font-size: .84rem; }
+table.endpoints .verdict .power { display: block; color: var(--muted); font-size: .8rem; }
+.screen-controls { font-size: .84rem; margin: .4rem 0; }
+.screen-bounds { display: flex; flex-wrap: wrap; gap: .3rem .5rem; margin-top: .3rem; }
+.screen-controls fieldset { border: 1px solid var(--line); border-radius: 4px; margin: 0;
+                            padding: 0 .35rem .3rem; display: flex; gap: .25rem; }
+.screen-controls legend { color: var(--muted); font-size: .78rem; padding: 0 .2rem; }
+.screen-controls input { font: inherit; }
+.screen-controls input[type=number] { width: 3.9rem; }
+.screen-controls input[type=search] { width: 14rem; }
+.screen-pager { display: flex; gap: .7rem; align-items: center; font-size: .86rem;
+                margin: .3rem 0; }
+.screen-count { color: var(--muted); }
+.screen-table table { font-size: .8rem; width: 100%; }
+.screen-table th, .screen-table td { padding: .2rem .35rem; }
+.screen-table th { vertical-align: bottom; }
+.screen-table th button { all: unset; cursor: pointer; color: var(--accent); }
+.screen-table th button:focus-visible { outline: 2px solid var(--accent); }
+.screen-table th[aria-sort=ascending] button::after { content: " ▲"; }
+.screen-table th[aria-sort=descending] button::after { content: " ▼"; }
+.screen-table td.ci { white-space: normal; }
+td.screen-token { font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace;
+                  white-space: break-spaces; overflow-wrap: anywhere; }
+td.screen-drivers { font-size: .74rem; overflow-wrap: anywhere; }
 footer { margin-top: 3rem; color: var(--muted); font-size: .85rem;
          border-top: 1px solid var(--line); padding-top: .6rem; }
 """
@@ -246,11 +274,14 @@ GENERATOR = '<meta name="generator" content="steerscreen">'
 """In every report page: a report.html without it is not steerscreen's to replace."""
 
 
-def page(title: str, subtitle: Safe | str, toc: Safe, body: Safe, footer: Safe | str) -> str:
-    """The whole document; ``title`` and text arguments are escaped here."""
+def page(title: str, subtitle: Safe | str, toc: Safe, body: Safe, footer: Safe | str,
+         script: str = "") -> str:
+    """The whole document; ``title`` and text arguments are escaped here. ``script``: trusted
+    JavaScript (a constant of this package, never data), run after the page is parsed."""
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"{GENERATOR}\n"
             f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
             f"{tag('header', tag('h1', title), tag('p', subtitle, class_='sub'), class_='page')}"
-            f"\n{toc}\n{body}\n{tag('footer', footer)}\n</main>\n</body>\n</html>\n")
+            f"\n{toc}\n{body}\n{tag('footer', footer)}\n</main>\n"
+            + (f"<script>{script}</script>\n" if script else "") + "</body>\n</html>\n")

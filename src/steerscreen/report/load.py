@@ -37,6 +37,7 @@ from steerscreen.layout import (
 )
 from steerscreen.layout import FEATURE_DOSE_STATS as DOSE_STATS
 from steerscreen.layout import FEATURE_LOGIT_TOKENS as LOGIT_TOKENS
+from steerscreen.layout import SCREEN_TABLE as SCREEN
 from steerscreen.layout import RunLayout as RunDir
 
 
@@ -62,6 +63,12 @@ class RunData:
     comparisons: pl.DataFrame | None
     heldout: pl.DataFrame | None
     predictions: pl.DataFrame | None
+
+    @property
+    def screen(self) -> pl.DataFrame | None:
+        """``screen.parquet``: every feature ranked by the run's own predictor (written after
+        the fit; read on each access, as only the screen section needs it)."""
+        return _table(RunDir(self.path), SCREEN)
 
     @property
     def has_examples(self) -> bool:
@@ -124,6 +131,19 @@ class RunData:
     @property
     def sae(self) -> dict[str, Any]:
         return self.manifest.get("sae") or {}
+
+    @property
+    def steering_tokens(self) -> pl.DataFrame | None:
+        """``steering_tokens.parquet``: feature, direction, strength (the row's own s),
+        context_set, kind, rank, token_id, token, value (steer stage; None before it wrote
+        the table)."""
+        return _table(RunDir(self.path), RunDir.STEERING_TOKENS)
+
+    @property
+    def steered_text(self) -> pl.DataFrame | None:
+        """``steered_text.parquet`` (``steerscreen.pipeline.generate.run_generations``): one
+        row per feature, prompt and condition (clean | 1x | 2x)."""
+        return _table(RunDir(self.path), RunDir.STEERED_TEXT)
 
 
 @dataclass(frozen=True)

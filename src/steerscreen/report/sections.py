@@ -1,4 +1,5 @@
-"""The sections of one run: verdicts, scatter, ablation, payoff, distributions, cards, methods.
+"""The sections of one run: verdicts, scatter, ablation, payoff, distributions, cards, screen
+(only with ``screen.parquet``), methods.
 
 Each builder takes a :class:`~steerscreen.report.load.RunData` and returns a :class:`Section`
 (stable ``id``, title, escaped body, the figures it drew). A section whose inputs are missing
@@ -8,14 +9,14 @@ so ids stay unique on the page.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from steerscreen.report import cards, figures
+from steerscreen.report import cards, figures, screen
 from steerscreen.report.headline import (
     LABELS,
     LIN_HEADER,
@@ -25,8 +26,9 @@ from steerscreen.report.headline import (
     lin_good,
     linear,
     noise_ceiling,
-    power_text,
+    power_statement,
     primary,
+    primary_power,
     selection,
     verdicts,
 )
@@ -47,6 +49,8 @@ from steerscreen.report.html import (
 from steerscreen.report.load import RunData
 
 RUN_SECTIONS = ("verdicts", "scatter", "ablation", "payoff", "distributions", "cards", "methods")
+OPTIONAL_RUN_SECTIONS = ("screen",)
+"""Sections only some runs have (screen: a run with ``screen.parquet``), before ``methods``."""
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,19 @@ class Section:
     children: tuple[Section, ...] = field(default=())
 
 
-def run_sections(run: RunData, prefix: str = "") -> list[Section]:
-    """Every section of one run, in page order (ids prefixed with ``prefix``)."""
+def run_sections(run: RunData, prefix: str = "", features: Sequence[int] = ()
+                 ) -> list[Section]:
+    """Every section of one run, in page order (ids prefixed with ``prefix``; ``features``:
+    extra feature cards the user asked for, ``steerscreen report --feature``)."""
     builders: dict[str, Callable[[RunData, str], Section]] = {
         "verdicts": verdicts_section, "scatter": scatter_section, "ablation": ablation_section,
         "payoff": payoff_section, "distributions": distributions_section,
-        "cards": cards_section, "methods": methods_section}
-    return [builders[k](run, prefix) for k in RUN_SECTIONS]
+        "cards": lambda r, p: cards_section(r, p, features), "methods": methods_section}
+    out = [builders[k](run, prefix) for k in RUN_SECTIONS]
+    screened = run.screen
+    if screened is not None:  # OPTIONAL_RUN_SECTIONS: only a run with screen.parquet has it
+        out.insert(RUN_SECTIONS.index("methods"), screen_section(run, screened, prefix))
+    return out
 
 
 # --- what produces what ---------------------------------------------------------------------------
@@ -169,7 +179,7 @@ def verdicts_section(run: RunData, prefix: str = "") -> Section:
             badge(verdict or "–", good), class_="big"),
         tag("div", f"Nadeau–Bengio p = {num(p.get('p_nadeau_bengio'))}; permutation p = "
             f"{num(p.get('p_permutation'))} ({num(p.get('n_permutations'))} permutations); "
-            f"{power_text(p.get('mde'))} at 80% power (α = 0.05)"),
+            f"{primary_power(p)}"),
         class_="headline")
     rows = [_verdict_row(v) for v in verdicts(run)]
     vt = table(("outcome", "verdict", "Δρ vs best baseline", "residual ρ",
@@ -228,17 +238,13 @@ def _verdict_row(v: Verdict) -> tuple[object, ...]:
         return "" if t is None else f" (Holm p = {num(t.p_holm)})"
 
     best = f" ({v.best_baseline})" if v.best_baseline else ""
-    power = "; ".join(x for x in (
-        power_text(v.beats_test.mde) if v.beats_test else "",
-        power_text(v.survives_test.mde, "residual ρ") if v.survives_test else "") if x)
-    underpowered = any(t is not None and t.underpowered for t in (v.beats_test,
-                                                                   v.survives_test))
+    power, weak = power_statement(v.beats_test, v.survives_test)
     return (LABELS[v.outcome],
             badge(v.verdict, None if "underpowered" in v.verdict and not (v.beats or v.survives)
                   else v.beats or v.survives),
             join_badge(iv(v.delta_best) + best + holm(v.beats_test), v.beats),
             join_badge(iv(v.residual, False) + holm(v.survives_test), v.survives),
-            badge(power or "–", None if not power else not underpowered),
+            badge(power, None if power == "–" else not weak),
             iv(v.payoff_random), iv(v.payoff_baseline))
 
 
@@ -389,7 +395,8 @@ def _med(x: np.ndarray) -> float | None:
 
 
 # --- cards ----------------------------------------------------------------------------------------
-def cards_section(run: RunData, prefix: str = "") -> Section:
+def cards_section(run: RunData, prefix: str = "", features: Sequence[int] = ()) -> Section:
+    """The picked cards, then a "requested" card for each of ``features`` not among them."""
     title = "Feature cards: cleanest and least clean"
     gate = _gate(run, "steer")
     values = cards.measured(run) if gate is None else None
@@ -399,6 +406,7 @@ def cards_section(run: RunData, prefix: str = "") -> Section:
     if gate is not None:
         return section(prefix, "cards", title, gate)
     picks = cards.pick(values)
+    picks += cards.requested(picks, features)
     if not picks:
         return section(prefix, "cards", title, note(
             f"No steered feature has a finite cleanliness at s = {num(run.strength)}."))
@@ -407,8 +415,19 @@ def cards_section(run: RunData, prefix: str = "") -> Section:
                  f"clean steered features by measured cleanliness on {run.primary_set} contexts "
                  f"(from {src}). Contexts are the feature's top activations in the stats split, "
                  "the firing token highlighted; direct-logit tokens are what the decoder "
-                 "direction writes straight to the output.")
+                 "direction writes straight to the output; the measured top tokens and the "
+                 "steered text are what steering it did."
+                 + (" Requested features follow." if any(p.kind == "requested" for p in picks)
+                    else ""))
     return section(prefix, "cards", title, intro, cards.render(run, picks, values))
+
+
+# --- screen ---------------------------------------------------------------------------------------
+def screen_section(run: RunData, screened: pl.DataFrame, prefix: str = "") -> Section:
+    """Every feature of ``screen.parquet`` in one table to sort, filter and search."""
+    return section(prefix, "screen", "Screen: every feature, ranked",
+                   screen.intro(screened, screen.conformal_level(run.summary)),
+                   screen.render(run, screened))
 
 
 # --- methods --------------------------------------------------------------------------------------
@@ -427,6 +446,9 @@ def methods_section(run: RunData, prefix: str = "") -> Section:
                           kv_table({"results": rec.get("results", {}),
                                     "inputs": rec.get("inputs", {}),
                                     "outputs": rec.get("outputs", {})}))]
+    if m.get("generation"):  # steered_text.parquet: what was generated, at what cost
+        body += [tag("h4", "Steered text for the cards"), note(cards.generation_text(
+            m["generation"]))]
     if run.summary is not None:
         fit = _fit_config(run.summary)
         if "fit" in (m.get("stages") or {}):  # its config is listed with the stage above

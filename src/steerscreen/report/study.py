@@ -11,8 +11,17 @@ import polars as pl
 
 from steerscreen.layout import headline_row, lin_rows
 from steerscreen.report import figures
-from steerscreen.report.headline import LABELS, LIN_HEADER, OUTCOMES, lin_cells, lin_good
-from steerscreen.report.html import Safe, badge, ci, code, kv_table, missing, note, num, table, tag
+from steerscreen.report.headline import (
+    LABELS,
+    LIN_HEADER,
+    OUTCOMES,
+    lin_cells,
+    lin_good,
+    mde_cell,
+    outcome_tests,
+    power_statement,
+)
+from steerscreen.report.html import Safe, badge, ci, code, kv_table, missing, note, table, tag
 from steerscreen.report.load import StudyData, StudyRun
 from steerscreen.report.sections import Section, make_plot, run_sections, section
 
@@ -97,6 +106,7 @@ def per_run_rows(study: StudyData) -> list[dict[str, Any]]:
         s = r.data.summary if r.data is not None else None
         if s is not None:
             row |= headline_row(s)
+            row["power"] = {o: power_statement(*outcome_tests(s, o)) for o in OUTCOMES}
         elif r.name in table_rows:
             row |= {k: v for k, v in table_rows[r.name].items() if k != "run"}
         out.append(row)
@@ -153,24 +163,33 @@ def _label(r: dict[str, Any]) -> str:
     return f"{r['run']} ({', '.join(bits)})" if bits else str(r["run"])
 
 
+def verdict_power(r: dict[str, Any], o: str) -> tuple[str | None, str]:
+    """A :func:`per_run_rows` row's verdict on outcome ``o`` and the power beside it ("–" for
+    a run known only from comparison/runs.parquet)."""
+    return r.get(f"verdict_{o}"), (r.get("power") or {}).get(o, ("–", False))[0]
+
+
+def _verdicts(r: dict[str, Any]) -> Safe:
+    """One line per outcome: its verdict, and the power of the tests behind it."""
+    lines = []
+    for o in OUTCOMES:
+        v, power = verdict_power(r, o)
+        good = None if v is None or v.startswith("underpowered") else v != "neither"
+        lines.append(tag("div", tag("strong", LABELS[o], ": "), badge(v or "–", good), " ",
+                         tag("span", power, class_="power"), class_="verdict"))
+    return Safe("".join(lines))
+
+
 def _endpoint_table(rows: list[dict[str, Any]]) -> Safe:
-    def verdict(r: dict[str, Any], o: str) -> object:
-        v = r.get(f"verdict_{o}")
-        if v is None:
-            return "–"
-        return badge(v, None if v.startswith("underpowered") else v != "neither")
-
-    def power(r: dict[str, Any]) -> str:
-        mde = r.get("detectable_delta_rho")
-        return "–" if mde is None else f"≥ {num(mde)}"
-
+    # One verdicts column (not one per outcome) keeps the table inside the page at 1,400 px.
     return table(("run", "architecture", "width", "steered", "ρ full", "ρ freq+mag",
                   "Δρ [95% CI]", "detectable Δρ (80%)",
-                  *[f"verdict: {LABELS[o]}" for o in OUTCOMES]),
+                  "verdicts (power: 80%, α = 0.05)"),
                  [(r["run"], r.get("arch") or "–", r.get("width"), r.get("n"), r.get("rho_full"),
                    r.get("rho_freq_mag"), ci(r.get("delta_rho"), r.get("delta_lo"),
-                                             r.get("delta_hi"), signed=True), power(r),
-                   *[verdict(r, o) for o in OUTCOMES]) for r in rows])
+                                             r.get("delta_hi"), signed=True),
+                   mde_cell(r.get("detectable_delta_rho")), _verdicts(r)) for r in rows],
+                 class_="endpoints")
 
 
 def linear_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -223,8 +242,9 @@ def _transfer(study: StudyData, plots: list) -> list[object]:
              ci(r["rho"], r["lo"], r["hi"]))
             for r in sorted(t.iter_rows(named=True), key=lambda r: (
                 order.get(r["outcome"], 99), r["outcome"], r["train"], r["test"]))]
-    return [head, fig, table(("outcome", "fit on", "evaluated on", "features", "ρ [95% CI]"),
-                             rows)]
+    cells = table(("outcome", "fit on", "evaluated on", "features", "ρ [95% CI]"), rows)
+    return [head, fig, tag("details", tag("summary", f"The {len(rows)} cells of the matrix as a "
+                                          "table (ρ with its 95% CI and n)"), cells)]
 
 
 # --- methods --------------------------------------------------------------------------------------

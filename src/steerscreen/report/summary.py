@@ -7,11 +7,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from steerscreen.report import headline as hl
-from steerscreen.report.headline import LABELS, LIN_HEADER, Interval, Verdict, lin_cells, power_text
+from steerscreen.report.headline import (
+    LABELS,
+    LIN_HEADER,
+    OUTCOMES,
+    Interval,
+    Verdict,
+    lin_cells,
+    mde_cell,
+    power_statement,
+    primary_power,
+)
 from steerscreen.report.html import ci, num
 from steerscreen.report.load import RunData, StudyData
 from steerscreen.report.sections import dose_accuracy_lines, facts
-from steerscreen.report.study import linear_rows, per_run_rows
+from steerscreen.report.study import linear_rows, per_run_rows, verdict_power
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#~])")  # "|" only matters in tables: _cell
 
@@ -47,9 +57,7 @@ def _iv(x: Interval | None, signed: bool = True) -> str:
 
 
 def _power(v: Verdict) -> str:
-    parts = [power_text(v.beats_test.mde) if v.beats_test else "",
-             power_text(v.survives_test.mde, "residual ρ") if v.survives_test else ""]
-    return "; ".join(x for x in parts if x and x != "–") or "–"
+    return power_statement(v.beats_test, v.survives_test)[0]
 
 
 def run_lines(run: RunData, figures: Sequence[Path], root: Path, level: str = "##") -> list[str]:
@@ -67,8 +75,7 @@ def run_lines(run: RunData, figures: Sequence[Path], root: Path, level: str = "#
               f"{ci(p.get('delta_rho'), p.get('delta_lo'), p.get('delta_hi'), signed=True)}; "
               f"Nadeau–Bengio p = {num(p.get('p_nadeau_bengio'))}, permutation p = "
               f"{num(p.get('p_permutation'))}. **{p.get('verdict', '–')}**; n = "
-              f"{num(p.get('n'))} features, {power_text(p.get('mde'))} at 80% power "
-              "(α = 0.05).", ""]
+              f"{num(p.get('n'))} features, {primary_power(p)}.", ""]
     lines += _table(("outcome", "verdict", "Δρ vs best baseline [95% CI]",
                      "residual ρ [95% CI]", "power (80%, α = 0.05)",
                      "held-out payoff vs random [95% CI]", "vs freq+mag selection [95% CI]"),
@@ -112,15 +119,20 @@ def study_summary(study: StudyData, shared: Sequence[Path],
     lines = [f"# steerscreen study report: {_md(study.name)}", "",
              f"Study folder {_code(study.path)}, {len(study.runs)} runs; {stamp}. The full report "
              "is `report.html`.", "", "## Primary endpoint per SAE", ""]
+    rows = per_run_rows(study)
     lines += _table(("run", "architecture", "width", "n", "ρ full", "ρ freq+mag",
-                     "Δρ [95% CI]", "primary endpoint", "verdict (cleanliness)"),
+                     "Δρ [95% CI]", "detectable Δρ (80%)", "primary endpoint"),
                     [(_md(r["run"]), _md(r.get("arch") or "–"), r.get("width") or "–",
                       r.get("n_fit") or "–",
                       num(r.get("rho_full")), num(r.get("rho_freq_mag")),
                       ci(r.get("delta_rho"), r.get("delta_lo"), r.get("delta_hi"), signed=True),
-                      r.get("primary_verdict") or "–",
-                      r.get("verdict_cleanliness") or "not fitted") for r in per_run_rows(study)])
-    lin = linear_rows(per_run_rows(study))
+                      mde_cell(r.get("detectable_delta_rho")), r.get("primary_verdict") or "–")
+                     for r in rows])
+    lines += ["", "Verdicts per SAE, each with the power of its tests (80%, α = 0.05):", ""]
+    lines += _table(("run", "outcome", "verdict", "power"),
+                    [(_md(r["run"]), LABELS[o], v or "not fitted", power)
+                     for r in rows for o in OUTCOMES for v, power in [verdict_power(r, o)]])
+    lin = linear_rows(rows)
     if lin:
         lines += ["", "## Linear response per SAE (full+lin vs full)", ""]
         lines += _table(("run", "outcome", *LIN_HEADER, "verdict"),

@@ -12,6 +12,7 @@ from steerscreen.saes.io import (
     check_sae_spec,
     decoder_directions,
     encode,
+    from_saelens,
     load_sae,
     save_sae,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "check_sae_spec",
     "decoder_directions",
     "encode",
+    "from_saelens",
     "load_sae",
     "save_sae",
     "validate_pairing",

@@ -137,6 +137,18 @@ def load_sae(spec: str, device: str = "cpu", dtype: str = "float32") -> LoadedSA
     )
 
 
+def from_saelens(sae: SAE[Any], spec: str | None = None) -> LoadedSAE:
+    """Wrap a SAELens ``SAE`` the caller already holds (a notebook's) as a :class:`LoadedSAE`.
+
+    Its weights are checked finite and hashed as they are (the hash goes into the manifest);
+    ``spec`` names it in the manifest (default: its folder when it came from one, else
+    ``saelens-object:SHA256[:12]``). The hook and model name come from ``sae.cfg.metadata``,
+    as for a loaded folder."""
+    _finish(sae, spec or "the SAE object")
+    digest = _sha256_tensors(sae.state_dict())
+    return _wrap(sae, spec or f"saelens-object:{digest[:12]}", None, digest, centre_extra=False)
+
+
 def _split_scheme(spec: str) -> tuple[str | None, str]:
     """(scheme, rest) of an SAE spec: scheme None for a bare path; an unregistered scheme-like
     prefix (``s3:...``) comes back as the scheme, for the callers to refuse."""

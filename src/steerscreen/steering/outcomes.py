@@ -23,7 +23,7 @@ downstream features, D model width.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -328,6 +328,26 @@ def _log_pr(w: torch.Tensor) -> torch.Tensor:
                        torch.full_like(s2, math.nan))
 
 
+N_EFFECT_TOKENS = 10
+"""Tokens kept per end of the mean Fisher effect ``m = mean_c d_c`` (the report's cards)."""
+
+
+@dataclass
+class EffectTokens:
+    """The ``N_EFFECT_TOKENS`` largest (promoted, descending) and smallest (suppressed,
+    ascending) entries of one direction's mean Fisher effect ``m``: token ids and values."""
+
+    promoted_ids: np.ndarray  # int64 [k]
+    promoted: np.ndarray  # float64 [k]
+    suppressed_ids: np.ndarray
+    suppressed: np.ndarray
+
+    @classmethod
+    def empty(cls) -> EffectTokens:
+        i, v = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        return cls(i, v, i, v)
+
+
 @dataclass
 class DirectionOutcome:
     """The §3 values of one direction on one context set at one strength."""
@@ -335,6 +355,7 @@ class DirectionOutcome:
     values: dict[str, float]  # every OUTCOME_COLUMNS name
     gram: np.ndarray  # [C, C] float64, d_c . d_c'
     targets: np.ndarray  # T_f
+    tokens: EffectTokens = field(default_factory=EffectTokens.empty)
 
 
 @torch.no_grad()
@@ -353,14 +374,18 @@ def reduce_directions(parts: list[list[RowSums]], targets: list[np.ndarray | tor
                       n_target_tokens: int = N_TARGET_TOKENS) -> list[DirectionOutcome]:
     """The outcomes of several directions (``parts[i]``: direction i's RowSums, in context
     order; ``targets[i]``: its T_f). Runs on the rows' device in float64 and copies back only
-    the scalars, the C x C Gram matrices and the targets, once for all the directions: on a
-    GPU each copy waits for the queue to drain, so one per direction would stall it."""
+    the scalars, the top effect tokens, the C x C Gram matrices and the targets, once for all
+    the directions: on a GPU each copy waits for the queue to drain, so one per direction
+    would stall it."""
     vals, grams = [], []
     for p in parts:
         v, g = _direction_values(p, positions_per_row, n_out, n_target_tokens)
         vals.append(v)
         grams.append(g)
-    packed = torch.stack(vals).cpu().numpy()
+    # One copy: the values and the top tokens (ids as float64, exact below 2^53) side by side.
+    packed_all = torch.stack(vals).cpu().numpy()
+    packed, top = packed_all[:, :len(_VALUE_NAMES)], packed_all[:, len(_VALUE_NAMES):]
+    k = top.shape[1] // 4
     gram_np = torch.stack(grams).cpu().numpy() if len({g.shape for g in grams}) == 1 else [
         g.cpu().numpy() for g in grams]
     tgt_np = [t.cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
@@ -369,8 +394,10 @@ def reduce_directions(parts: list[list[RowSums]], targets: list[np.ndarray | tor
     for i, p in enumerate(parts):
         n_pos = sum(x.n for x in p) * positions_per_row
         values = dict(zip(_VALUE_NAMES, packed[i].tolist(), strict=True))
+        t = top[i].reshape(4, k)
+        tokens = EffectTokens(t[0].astype(np.int64), t[1], t[2].astype(np.int64), t[3])
         out.append(DirectionOutcome(values | {"n_positions": float(n_pos)}, gram_np[i],
-                                    tgt_np[i]))
+                                    tgt_np[i], tokens))
     return out
 
 
@@ -381,7 +408,9 @@ _VALUE_NAMES = ("effect_stability", "collateral_spread", "collateral_out", "effe
 
 def _direction_values(parts: list[RowSums], positions_per_row: int, n_out: int,
                       n_target_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One direction's values (in ``_VALUE_NAMES`` order) and Gram matrix, on its device."""
+    """One direction's values (in ``_VALUE_NAMES`` order, then the top effect tokens: ids and
+    values of the largest entries of m, ids and values of the smallest) and Gram matrix, on
+    its device."""
 
     def cat(name: str) -> torch.Tensor:
         return torch.cat([getattr(p, name) for p in parts]).double()
@@ -389,7 +418,8 @@ def _direction_values(parts: list[RowSums], positions_per_row: int, n_out: int,
     d, e = cat("d_nV"), cat("e_nV")  # [C, V]
     n_pos = d.shape[0] * positions_per_row
     gram = matmul(d, d.T)  # thread-count free (steerscreen.exact), as the sums below
-    m2 = d.mean(0).square()
+    m = d.mean(0)
+    m2 = m.square()
     tot = total(m2)
     top = torch.topk(m2, min(n_out, m2.numel())).values.sum()
     w = cat("w_nG").sum(0)
@@ -409,4 +439,7 @@ def _direction_values(parts: list[RowSums], positions_per_row: int, n_out: int,
         "n_spread_positions": n_spread,
     }
     assert tuple(vals) == _VALUE_NAMES
-    return torch.stack(list(vals.values())), gram
+    k = min(N_EFFECT_TOKENS, m.numel())
+    hi, lo = torch.topk(m, k), torch.topk(m, k, largest=False)
+    top = torch.cat([hi.indices.double(), hi.values, lo.indices.double(), lo.values])
+    return torch.cat([torch.stack(list(vals.values())), top]), gram
