@@ -106,3 +106,17 @@ def test_screen_run_feeds_the_predictor_its_training_inputs(base, fitted) -> Non
     got = t.filter(pl.col("feature").is_in(feats.tolist())).sort("feature")
     np.testing.assert_allclose(got["pred_cleanliness"].to_numpy(),
                                want[np.argsort(feats)], rtol=1e-12)
+
+
+def test_a_dataset_or_a_list_becomes_one_cached_corpus(tmp_path, monkeypatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    from steerscreen.notebook import _corpus
+
+    monkeypatch.setenv("STEERSCREEN_CACHE", str(tmp_path))
+    ds = datasets.Dataset.from_dict({"body": ["a b c", "d\ne f"], "id": [1, 2]})
+    spec = _corpus(ds, "body")
+    assert load_corpus(spec).documents == ("a b c", "d\ne f")  # newlines stay in a document
+    assert _corpus(["a b c", "d\ne f"], "text") == spec  # the same documents, the same file
+    with pytest.raises(SpecError, match="no column 'text'"):
+        _corpus(ds, "text")
+    assert _corpus("embedded", "text") == "embedded"

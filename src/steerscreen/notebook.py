@@ -224,7 +224,7 @@ def screen(*, model: Any, sae: Any, corpus: Any, predictor: str | Path,
     hooked, model_str = _model(model, tokenizer, model_spec)
     loaded, sae_str = _sae(sae)
     down, down_str = _sae(downstream_sae) if downstream_sae is not None else (None, None)
-    if down is not None and downstream_hook is None:
+    if downstream_sae is not None and downstream_hook is None:
         downstream_hook = Predictor.load(predictor).trained_on.get("downstream_hook")
     cfg = ScreenConfig(predictor=str(predictor), sae=sae_str, model=model_str,
                        corpus=_corpus(corpus, text_column), hook=hook, tokens=tokens,

@@ -273,22 +273,27 @@ def test_resume_never_recomputes_with_another_config(inputs, stats_run) -> None:
 
 def test_reconcile_keeps_adopts_and_discards_shards(tmp_path) -> None:
     folder = tmp_path / SHARDS
-    rows = [{"feature": f, "strength_index": 0, "context_set": "steering", "x": 1.0}
-            for f in range(4)]
+    tokens = {c: [1, 2] if c.endswith("_ids") else [0.5, 0.25] for c in shards.TOKEN_COLUMNS}
+    rows = [{"feature": f, "strength_index": 0, "context_set": "steering", "x": 1.0, **tokens}
+            for f in range(5)]
     good, info = shards.write_shard(folder, rows[:1])
     changed, changed_info = shards.write_shard(folder, rows[1:2])
     adopted, adopted_info = shards.write_shard(folder, rows[2:3])
     broken, _ = shards.write_shard(folder, rows[3:4])
+    # A recorded shard of an older steerscreen (no measured top tokens): steered again.
+    older, older_info = shards.write_shard(folder, [{k: v for k, v in rows[4].items()
+                                                     if k not in tokens}])
     (folder / changed).write_bytes((folder / adopted).read_bytes())  # not what was recorded
     (folder / broken).write_bytes(b"PAR1 truncated")
     (folder / ".x.parquet.abc.tmp").write_bytes(b"half")
-    recorded = {good: info, changed: changed_info, "steering-s0-+0000099.parquet": info}
+    recorded = {good: info, changed: changed_info, older: older_info,
+                "steering-s0-+0000099.parquet": info}
     kept, notes = shards.reconcile(folder, recorded)
     assert kept == {good: info, adopted: adopted_info}
     assert sorted(p.name for p in folder.iterdir()) == sorted([good, adopted])
     text = " ".join(notes)
     assert "does not match its recorded sha256" in text and "adopted" in text
-    assert "unreadable" in text and "is missing" in text
+    assert "unreadable" in text and "is missing" in text and "older steerscreen" in text
 
 
 def test_the_newest_whole_checkpoint_is_used(tmp_path) -> None:

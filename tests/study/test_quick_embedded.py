@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from steerscreen.cli import app
 from steerscreen.pipeline.generate import card_features
 from steerscreen.report.sections import RUN_SECTIONS
-from tests.report.browser import check_pages
+from tests.report.browser import check_fits, check_pages
 from tests.study.notebook_check import check_notebook_matches_cli
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,9 @@ def test_quick_study_end_to_end(tmp_path: Path) -> None:
     first = rec["runs"][0]["name"]
     check_pages([(out / "report.html",
                   ("overview", "comparison", "methods",
-                   *(f"{first}-{s}" for s in RUN_SECTIONS)), "quick_study_report.png")])
+                   *(f"{first}-{s}" for s in RUN_SECTIONS), f"{first}-screen"),
+                  "quick_study_report.png")])
+    check_fits(out / "report.html")  # 1,400 px: no cell or table wider than its box
     check_notebook_matches_cli(out, tmp_path)
     # A feature the user names gets its own card, steered text included.
     run = out / rec["runs"][0]["path"]

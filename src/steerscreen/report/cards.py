@@ -226,7 +226,7 @@ def _effects(effects: pl.DataFrame | None, feature: int, cs: str) -> Safe:
     for kind in ("promoted", "suppressed"):
         rows = mine.filter(pl.col("kind") == kind).sort("rank")
         parts.append(tag("div", tag("strong", f"{kind}: "), *[
-            tag("span", tag("code", _shown(r["token"], r["token_id"])),
+            tag("span", tag("code", _newlines(_shown(r["token"], r["token_id"]))),
                 tag("small", num(r["value"], signed=True)), class_="tok",
                 title=f"token id {r['token_id']}") for r in rows.iter_rows(named=True)]))
     return join(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -259,11 +260,20 @@ def methods_section(study: StudyData) -> Section:
     else:
         body.append(missing("study.json (the study's configuration)",
                             f"steerscreen run --out {study.path}"))
-    runs = [(r.name, str(r.path), r.arch or "–", r.width, r.hook or "–", ", ".join(r.roles))
-            for r in study.runs]
+    runs = [(r.name, _relative(r.path, study.path), r.arch or "–", r.width, r.hook or "–",
+             ", ".join(r.roles)) for r in study.runs]
     body += [tag("h4", "Runs"), table(("name", "path", "architecture", "width", "hook",
                                        "roles"), runs)]
     return section("", "methods", "Methods: the study's configuration", *body)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """A run's folder inside the study as STUDY-relative (a long absolute path would widen the
+    table past the page), else as it is."""
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 
