@@ -4,6 +4,7 @@ study objects (the embedded-model check is in tests/study/test_quick_embedded.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -49,12 +50,18 @@ def test_notebook_screen_on_objects_ranks_as_the_stage_does(base, fitted,  # noq
     assert {"pred_cleanliness_lo", "pred_cleanliness_hi", "pred_strength", "drivers"} <= set(
         top.columns)
     assert "<table" in res._repr_html_()
-    # A rerun into the same folder resumes: the stats pass is not recomputed.
+    # A rerun into the same folder resumes: neither the stats pass nor the ranking (with its
+    # pass through S') is recomputed; another target KL ranks again.
+    written = (tmp_path / "nb" / "screen.parquet").stat().st_mtime_ns
     again = ss.screen(model=hooked.model, tokenizer=hooked.tokenizer, model_spec=model_spec,
                       sae=base["sae"].sae, downstream_sae=base["down"].sae,
                       corpus=list(load_corpus(corpus_spec).documents), predictor=predictor,
                       tokens=150, out=tmp_path / "nb")
     assert again.table["feature"].to_list() == nb["feature"].to_list()
+    assert (tmp_path / "nb" / "screen.parquet").stat().st_mtime_ns == written
+    other = screen(dataclasses.replace(cfg, target_kl=0.5), tmp_path / "cli",
+                   model=base["model"], sae=base["sae"], down=base["down"]).table
+    assert (other["target_kl"] == 0.5).all()
 
     card = res.explain(int(nb["feature"][0]))
     text = card.text()

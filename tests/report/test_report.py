@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,15 @@ def _plant(run: Path) -> None:
     ex = pl.read_parquet(run / RunDir.FEATURE_EXAMPLES)
     ex.with_columns(pl.lit(TEXT + TOKEN).alias("text"), pl.lit(TOKEN).alias("token")
                     ).write_parquet(run / RunDir.FEATURE_EXAMPLES)
+    write_logit_tokens(run, lambda _f: (SCRIPT, '"&<>', " plain"))
+
+
+def write_logit_tokens(run: Path, tokens: Callable[[int], Sequence[str]]) -> None:
+    """``feature_logit_tokens.parquet`` for every feature of ``run``: ``tokens(feature)`` in
+    rank order (token ids 10, 11, ...; dl falling by 1 per rank)."""
     feats = pl.read_parquet(run / RunDir.FEATURE_STATS)["feature"].to_list()
     rows = [{"feature": f, "rank": r, "token_id": 10 + r, "token": tok, "dl": 3.0 - r}
-            for f in feats for r, tok in enumerate((SCRIPT, '"&<>', " plain"))]
+            for f in feats for r, tok in enumerate(tokens(f))]
     pl.DataFrame(rows, schema={"feature": pl.Int64, "rank": pl.Int64, "token_id": pl.Int64,
                                "token": pl.String, "dl": pl.Float64}
                  ).write_parquet(run / LOGIT_TOKENS)

@@ -14,13 +14,12 @@ import polars as pl
 import pytest
 
 from steerscreen.pipeline.compare import compare
-from steerscreen.pipeline.runs import RunDir
 from steerscreen.pipeline.screen import screen_run
 from steerscreen.report import screen as screen_mod
 from steerscreen.report import write_report
-from steerscreen.report.load import LOGIT_TOKENS
 from steerscreen.report.screen import script_json
 from tests.report.browser import BROWSER_ARGS, CHROMIUM, browser_or_skip, check_fits, guarded_page
+from tests.report.test_report import write_logit_tokens
 from tests.screening.test_stage import base, fitted  # noqa: F401  (fixtures)
 
 EVIL = "</script><script>alert(1)</script>"
@@ -34,12 +33,7 @@ def _token(f: int) -> str:
 
 def _tokens(run: Path) -> None:
     """Direct-logit tokens: a distinct searchable rank-0 token per feature, one hostile."""
-    feats = pl.read_parquet(run / RunDir.FEATURE_STATS)["feature"].to_list()
-    rows = [{"feature": f, "rank": r, "token_id": r, "token": _token(f) if r == 0 else "other",
-             "dl": 1.0 - r} for f in feats for r in range(2)]
-    pl.DataFrame(rows, schema={"feature": pl.Int64, "rank": pl.Int64, "token_id": pl.Int64,
-                               "token": pl.String, "dl": pl.Float64}
-                 ).write_parquet(run / LOGIT_TOKENS)
+    write_logit_tokens(run, lambda f: (_token(f), "other"))
 
 
 @pytest.fixture(scope="module")

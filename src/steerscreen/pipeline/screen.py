@@ -12,6 +12,7 @@ cleanliness (dead features last), with intervals and drivers, and the predicted 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import polars as pl
 
 from steerscreen.config import ScreenConfig, StatsConfig
 from steerscreen.errors import ArtifactError, SpecError
-from steerscreen.files import sha256_file
+from steerscreen.files import sha256_file, user_path
 from steerscreen.layout import (
     FEATURE_DOSE_STATS,
     PREDICTOR,
@@ -35,6 +36,7 @@ from steerscreen.pipeline.runs import RunDir
 from steerscreen.pipeline.stats import run_stats
 from steerscreen.pipeline.steer import base_pass, lin_pass
 from steerscreen.report.explain import Explanation, explain
+from steerscreen.saes.files import WEIGHTS_FILENAME
 from steerscreen.saes.io import LoadedSAE
 from steerscreen.screening.data import DOSE_COLUMNS, with_dose_stats
 from steerscreen.screening.predictor import Predictor
@@ -74,6 +76,10 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
     res = run_stats(stats_cfg, out, force=force, log=log, model=model, sae=sae,
                     progress=log is not None)
     run = RunDir(out)
+    key = _key(run, predictor_path, target_kl, pass_positions=pass_positions, downstream=(
+        _downstream_id(downstream_sae, down), downstream_hook) if needs_pass else None)
+    if not force and (kept := _kept(run, key)) is not None:  # explain after screen: no pass
+        return kept
     stats = run.read_table(RunDir.FEATURE_STATS)
     r = float(res.residual_norm)
     lin = (stats["lin_kl"].cast(pl.Float64).fill_null(np.nan).to_numpy()
@@ -87,7 +93,7 @@ def run_screen(predictor_path: str | Path, stats_cfg: StatsConfig, out: str | Pa
         cols = _pass_columns(stats_cfg, downstream_sae, downstream_hook, alpha, pass_positions,
                              model, sae, down, uses, scale)
         stats = stats.with_columns([pl.Series(k, v) for k, v in cols.items()])
-    return _write(run, rank_features(predictor, stats, r, target_kl, log))
+    return _write(run, rank_features(predictor, stats, r, target_kl, log), key)
 
 
 def screen(cfg: ScreenConfig, out: str | Path, *, force: bool = False,
@@ -134,23 +140,15 @@ def screen_run(run: str | Path, *, target_kl: float = 0.25,
                             f"run `steerscreen fit --run {rd.path}` first")
     for name in (SCREEN_TABLE, SCREEN_CSV):
         rd.claim(name)
-    # What the screen is a function of: a rerun of a study with nothing changed keeps it.
-    key = {"target_kl": float(target_kl), **{n: sha256_file(rd.path / n) for n in (
-        f"{SCREENING}/{PREDICTOR}", RunDir.FEATURE_STATS, FEATURE_DOSE_STATS)
-        if (rd.path / n).is_file()}}
-    manifest = rd.read_manifest()
-    if manifest.get("screen") == key and rd.file(SCREEN_TABLE).is_file() \
-            and rd.file(SCREEN_CSV).is_file():
-        return ScreenResult(rd.read_table(SCREEN_TABLE), rd.file(SCREEN_TABLE),
-                            rd.file(SCREEN_CSV))
+    key = _key(rd, predictor_file, target_kl, dose_stats=True)
+    if (kept := _kept(rd, key)) is not None:  # a study rerun with nothing changed
+        return kept
     predictor = Predictor.load(predictor_file)
     dose = (rd.read_table(FEATURE_DOSE_STATS) if rd.file(FEATURE_DOSE_STATS).is_file()
             else None)
     stats = with_dose_stats(rd.read_table(RunDir.FEATURE_STATS), dose)
-    res = _write(rd, rank_features(predictor, stats, float(manifest["residual_norm"]),
-                                   target_kl, log))
-    rd.update_manifest({"screen": key})
-    return res
+    r = float(rd.read_manifest()["residual_norm"])
+    return _write(rd, rank_features(predictor, stats, r, target_kl, log), key)
 
 
 def rank_features(predictor: Predictor, stats: pl.DataFrame, r: float, target_kl: float,
@@ -177,9 +175,39 @@ def rank_features(predictor: Predictor, stats: pl.DataFrame, r: float, target_kl
                        + [True], nulls_last=True).with_row_index("rank", offset=1)
 
 
-def _write(run: RunDir, ranked: pl.DataFrame) -> ScreenResult:
+def _key(run: RunDir, predictor: str | Path, target_kl: float, *, dose_stats: bool = False,
+         **inputs: object) -> dict[str, object]:
+    """What a screen is a function of (recorded as the manifest's ``screen``): the predictor,
+    the stats table (and ``feature_dose_stats`` for a run's own screen), the target KL and the
+    pass ``inputs``."""
+    files = [RunDir.FEATURE_STATS, *([FEATURE_DOSE_STATS] if dose_stats else [])]
+    return {"target_kl": float(target_kl), "predictor": sha256_file(user_path(predictor)),
+            **{n: sha256_file(run.path / n) for n in files if (run.path / n).is_file()},
+            **inputs}
+
+
+def _downstream_id(spec: str | None, down: LoadedSAE | None) -> str | None:
+    """S' by content: the loaded SAE's hash, else its local weights file's, else the spec."""
+    if down is not None:
+        return down.sha256
+    weights = Path(str(spec)) / WEIGHTS_FILENAME
+    return sha256_file(weights) if spec and weights.is_file() else spec
+
+
+def _kept(run: RunDir, key: dict[str, object]) -> ScreenResult | None:
+    """The screen already in ``run`` when it was made from ``key``, else None."""
+    recorded = run.read_manifest().get("screen") or {}  # (update_manifest merges keys in)
+    if {k: recorded.get(k) for k in key} != json.loads(json.dumps(key)) or not (
+            run.file(SCREEN_TABLE).is_file() and run.file(SCREEN_CSV).is_file()):
+        return None
+    return ScreenResult(run.read_table(SCREEN_TABLE), run.file(SCREEN_TABLE),
+                        run.file(SCREEN_CSV))
+
+
+def _write(run: RunDir, ranked: pl.DataFrame, key: dict[str, object]) -> ScreenResult:
     run.write_table(SCREEN_TABLE, ranked)
     run.write_bytes(SCREEN_CSV, ranked.write_csv().encode())
+    run.update_manifest({"screen": key})
     return ScreenResult(ranked, run.file(SCREEN_TABLE), run.file(SCREEN_CSV))
 
 
